@@ -1,0 +1,63 @@
+//! Command-line interface: subcommands, flags and their help text. Flags
+//! that set configuration values are handed to `config::source`, which
+//! weighs them against the file and the environment.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "billguard",
+    version,
+    about = "Authentication sidecar for BillTracker: signs users in with OpenID Connect and \
+             forwards their requests with identity headers"
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Without one, environment variables and
+    /// defaults are used.
+    #[arg(long, global = true, env = "BILLGUARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "BILLGUARD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+
+    /// Log filter, such as `info` or `info,billguard::access=warn`.
+    #[arg(long, global = true, env = "BILLGUARD_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ServeArgs),
+    /// Print the effective configuration, each value with its source
+    /// (secrets masked), and exit 2 if it has problems.
+    Config(ServeArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; beats `listen` in the file.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+
+    /// URL of the app; beats `upstream` in the file.
+    #[arg(long, value_name = "URL")]
+    pub upstream: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,162 @@
+//! The typed configuration billguard runs with.
+//!
+//! Every value here has already been parsed and checked: nothing downstream
+//! sees a raw string from a file or the environment. Where the values come
+//! from (flag, file, environment variable, default) and how problems are
+//! reported is the business of [`source`]; this module only names the shape
+//! and the defaults.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hyper::header::HeaderName;
+use ipnet::IpNet;
+use url::Url;
+
+pub mod source;
+
+pub use source::{Entry, Inputs, Loaded, Problem, Problems, load};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4180";
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
+pub const DEFAULT_PROVIDER_NAME: &str = "Single sign-on";
+pub const DEFAULT_SCOPES: &str = "openid email profile";
+pub const DEFAULT_TOKEN_AUTH_METHOD: &str = "client_secret_basic";
+pub const DEFAULT_GROUPS_CLAIM: &str = "groups";
+pub const DEFAULT_ID_TOKEN_ALGS: &str = "RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA";
+pub const DEFAULT_SESSION_TTL: &str = "12h";
+pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
+pub const DEFAULT_MAX_SESSIONS: &str = "100000";
+pub const DEFAULT_USER_HEADER: &str = "X-Forwarded-User";
+pub const DEFAULT_EMAIL_HEADER: &str = "X-Forwarded-Email";
+pub const DEFAULT_GROUPS_HEADER: &str = "X-Forwarded-Groups";
+pub const DEFAULT_ROLE_HEADER: &str = "X-Forwarded-Role";
+
+/// Shortest accepted `session.secret`, in bytes: the key derivation needs 256
+/// bits of input.
+pub const MIN_SECRET_LEN: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub upstream: Upstream,
+    pub oidc: Oidc,
+    pub session: Session,
+    pub headers: Headers,
+    pub local_login: LocalLogin,
+}
+
+/// Where the app listens. Only plain HTTP: the app runs in the same pod and is
+/// reached over loopback.
+#[derive(Clone, Debug)]
+pub struct Upstream {
+    pub url: Url,
+    /// `host:port`, what the pooled client connects to.
+    pub authority: String,
+    /// How long the app may take to send response headers.
+    pub timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Oidc {
+    pub provider_name: String,
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub token_auth_method: TokenAuthMethod,
+    pub redirect_uri: Url,
+    pub scopes: Vec<String>,
+    pub admin_group: Option<String>,
+    pub auto_provision: bool,
+    pub groups_claim: String,
+    /// JWS algorithms an ID token may be signed with.
+    pub id_token_algs: Vec<String>,
+    /// Where the provider sends the browser after sign-out.
+    pub post_logout_redirect_uri: Url,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenAuthMethod {
+    /// RFC 6749 §2.3.1: HTTP Basic with the form-encoded id and secret.
+    ClientSecretBasic,
+    /// RFC 6749 §2.3.1: `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub ttl: Duration,
+    pub idle_timeout: Duration,
+    pub max_sessions: u64,
+    /// Key material for the login-state cookie. Generated at start when the
+    /// operator set none (then pending logins do not survive a restart).
+    pub secret: Secret,
+    pub secret_generated: bool,
+    /// `Secure` cookies with the `__Host-` prefix; off only when the
+    /// redirect URI is plain http on a loopback address.
+    pub secure_cookies: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Headers {
+    pub user: HeaderName,
+    pub email: HeaderName,
+    pub groups: HeaderName,
+    pub role: HeaderName,
+    /// Peers whose `X-Forwarded-*` and `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalLogin {
+    pub users_file: Option<PathBuf>,
+    /// Users admitted when `oidc.auto_provision` is off.
+    pub users: Vec<KnownUser>,
+}
+
+/// One entry of the users file.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnownUser {
+    pub username: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub role: Option<String>,
+    #[serde(default)]
+    pub password_hash: Option<String>,
+}
+
+/// A value that must never be printed: its `Debug` shows only that it is set.
+#[derive(Clone)]
+pub struct Secret(String);
+
+// === impl Secret ===
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(********)")
+    }
+}
+
+/// True for `localhost` and loopback addresses, where plain http is safe
+/// enough for the browser-to-billguard leg.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    }
+}

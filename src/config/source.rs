@@ -1,0 +1,1130 @@
+//! Where each configuration value comes from, and every way it can be wrong.
+//!
+//! Precedence, highest first: a command-line flag, a non-empty value in the
+//! configuration file, the environment variable (`OIDC_*` for `[oidc]`,
+//! `BILLGUARD_<TABLE>__<KEY>` for the rest), the built-in default. An empty
+//! string in the file counts as unset, so a file can name a key and still
+//! leave it to the environment.
+//!
+//! figment merges the layers and remembers which layer gave each key. The
+//! values are then read one key at a time by small typed parsers, and every
+//! problem is collected before loading fails, so an operator sees all of them
+//! in one run. A problem names the key, where its value came from and what is
+//! allowed; it never repeats a secret. This is the only module that reads the
+//! process environment.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use hyper::header::HeaderName;
+use ipnet::IpNet;
+use url::Url;
+
+use super::*;
+
+/// The raw material a configuration is built from.
+#[derive(Clone, Debug, Default)]
+pub struct Inputs {
+    pub file: Option<PathBuf>,
+    /// Only `OIDC_*` and `BILLGUARD_*` variables matter.
+    pub env: BTreeMap<String, String>,
+    pub listen_flag: Option<String>,
+    pub upstream_flag: Option<String>,
+}
+
+/// A configuration with the report of where each value came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub entries: Vec<Entry>,
+    /// Not fatal, but worth an operator's attention (logged at start).
+    pub warnings: Vec<String>,
+}
+
+/// One effective setting, as `billguard config` prints it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub key: &'static str,
+    /// The value as text, or `********` for a secret that is set.
+    pub value: String,
+    pub source: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub source: String,
+    pub message: String,
+}
+
+/// Every problem found in one load.
+#[derive(Clone, Debug)]
+pub struct Problems(pub Vec<Problem>);
+
+/// Which layer supplied a value.
+#[derive(Clone, Debug)]
+enum Origin {
+    Flag(&'static str),
+    File(PathBuf),
+    Env(String),
+    Default,
+}
+
+/// Settings whose values are never shown.
+const SECRETS: &[&str] = &["oidc.client_secret", "session.secret", "session.redis_url"];
+
+/// Every key the file may contain, by table ("" is the top level).
+const KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &["listen", "upstream", "upstream_timeout", "metrics_listen"],
+    ),
+    (
+        "oidc",
+        &[
+            "provider_name",
+            "issuer_url",
+            "client_id",
+            "client_secret",
+            "token_auth_method",
+            "redirect_uri",
+            "scopes",
+            "admin_group",
+            "auto_provision",
+            "groups_claim",
+            "id_token_algs",
+            "post_logout_redirect_uri",
+            "allowed_groups",
+        ],
+    ),
+    (
+        "session",
+        &[
+            "store",
+            "redis_url",
+            "ttl",
+            "idle_timeout",
+            "max_sessions",
+            "secret",
+        ],
+    ),
+    (
+        "headers",
+        &["user", "email", "groups", "role", "trusted_proxies"],
+    ),
+    ("local_login", &["enabled", "users_file"]),
+];
+
+/// Environment variables that configure the CLI rather than a setting.
+const CLI_ENV: &[&str] = &["BILLGUARD_CONFIG", "BILLGUARD_LOG_FORMAT", "BILLGUARD_LOG"];
+
+// === impl Inputs ===
+
+impl Inputs {
+    /// Inputs from the real process environment.
+    pub fn from_process(file: Option<PathBuf>) -> Self {
+        let env = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .filter(|(k, _)| k.starts_with("OIDC_") || k.starts_with("BILLGUARD_"))
+            .collect();
+        Inputs {
+            file,
+            env,
+            ..Inputs::default()
+        }
+    }
+}
+
+/// Builds the configuration, or returns every problem found.
+pub fn load(inputs: &Inputs) -> Result<Loaded, Problems> {
+    let mut warnings = Vec::new();
+    let mut problems = Vec::new();
+
+    // Layers are merged lowest first: later merges win.
+    let env = EnvLayer::new(&inputs.env, &mut warnings);
+    let mut fig = Figment::from(env);
+    if let Some(path) = &inputs.file {
+        match FileLayer::read(path) {
+            Ok(file) => {
+                problems.extend(file.unknown_keys());
+                fig = fig.merge(file);
+            }
+            Err(problem) => problems.push(problem),
+        }
+    }
+    fig = fig.merge(FlagLayer::new(inputs));
+
+    let mut reader = Reader {
+        fig,
+        problems,
+        entries: Vec::new(),
+    };
+    let config = reader.config(&mut warnings);
+    if !reader.problems.is_empty() {
+        return Err(Problems(reader.problems));
+    }
+    let config = config.expect("a config is built whenever no problem was recorded");
+    Ok(Loaded {
+        config,
+        entries: reader.entries,
+        warnings,
+    })
+}
+
+/// The environment variable that backs a key.
+pub fn env_name(key: &str) -> String {
+    match key.strip_prefix("oidc.") {
+        Some(rest) => format!("OIDC_{}", rest.to_ascii_uppercase()),
+        None => format!("BILLGUARD_{}", key.replace('.', "__").to_ascii_uppercase()),
+    }
+}
+
+// === impl Reader ===
+
+/// Reads typed values out of the merged layers, recording sources and
+/// problems as it goes.
+struct Reader {
+    fig: Figment,
+    problems: Vec<Problem>,
+    entries: Vec<Entry>,
+}
+
+impl Reader {
+    /// Reads every setting. `None` when at least one problem was recorded.
+    fn config(&mut self, warnings: &mut Vec<String>) -> Option<Config> {
+        let listen = self.parse("listen", Some(DEFAULT_LISTEN), parse_socket_addr);
+        let upstream = self.upstream();
+        let oidc = self.oidc();
+        let session = self.session(oidc.as_ref(), warnings);
+        let headers = self.headers();
+        let local_login = self.local_login(oidc.as_ref());
+
+        if let Some((value, origin)) = self.raw("metrics_listen") {
+            self.problem(
+                "metrics_listen",
+                &origin,
+                format!(
+                    "`{}` given, but this version of billguard has no metrics listener; \
+                     remove the setting",
+                    value_text(&value).unwrap_or_default()
+                ),
+            );
+        }
+
+        Some(Config {
+            listen: listen?,
+            upstream: upstream?,
+            oidc: oidc?,
+            session: session?,
+            headers: headers?,
+            local_login: local_login?,
+        })
+    }
+
+    fn upstream(&mut self) -> Option<Upstream> {
+        let url = self.required("upstream", None, false, parse_upstream_url);
+        let timeout = self.parse(
+            "upstream_timeout",
+            Some(DEFAULT_UPSTREAM_TIMEOUT),
+            parse_duration,
+        );
+        let url = url?;
+        let authority = format!(
+            "{}:{}",
+            url.host_str().unwrap_or_default(),
+            url.port_or_known_default().unwrap_or(80)
+        );
+        Some(Upstream {
+            url,
+            authority,
+            timeout: timeout?,
+        })
+    }
+
+    fn oidc(&mut self) -> Option<Oidc> {
+        let provider_name = self.parse(
+            "oidc.provider_name",
+            Some(DEFAULT_PROVIDER_NAME),
+            parse_text,
+        );
+        let issuer_url = self.required("oidc.issuer_url", None, false, parse_issuer);
+        let client_id = self.required("oidc.client_id", None, false, parse_text);
+        let client_secret = self.required("oidc.client_secret", None, true, |s| {
+            Ok(Secret::new(s.to_owned()))
+        });
+        let token_auth_method = self.parse(
+            "oidc.token_auth_method",
+            Some(DEFAULT_TOKEN_AUTH_METHOD),
+            parse_auth_method,
+        );
+        let redirect_uri = self.required("oidc.redirect_uri", None, false, |s| {
+            parse_browser_url(s, "the callback URL registered at the provider")
+        });
+        let scopes = self.list("oidc.scopes", DEFAULT_SCOPES, parse_scope);
+        let admin_group = self.optional("oidc.admin_group", parse_text);
+        let auto_provision = self.parse("oidc.auto_provision", Some("true"), parse_bool);
+        let groups_claim = self.parse("oidc.groups_claim", Some(DEFAULT_GROUPS_CLAIM), parse_text);
+        let id_token_algs = self.list("oidc.id_token_algs", DEFAULT_ID_TOKEN_ALGS, parse_alg);
+        let post_logout = self.optional("oidc.post_logout_redirect_uri", |s| {
+            parse_browser_url(s, "the page the provider returns to after sign-out")
+        });
+        if let Some((_, origin)) = self.raw("oidc.allowed_groups") {
+            self.problem(
+                "oidc.allowed_groups",
+                &origin,
+                "this version of billguard cannot limit sign-in by group; \
+                 remove the setting"
+                    .into(),
+            );
+        }
+
+        if let Some(scopes) = &scopes
+            && !scopes.iter().any(|s| s == "openid")
+        {
+            let origin = self.origin_of("oidc.scopes");
+            self.problem(
+                "oidc.scopes",
+                &origin,
+                "must include `openid`; for example \"openid email profile groups\"".into(),
+            );
+            return None;
+        }
+
+        let redirect_uri = redirect_uri?;
+        let post_logout_redirect_uri = match post_logout? {
+            Some(url) => url,
+            None => {
+                let mut home = redirect_uri.clone();
+                home.set_path("/");
+                home
+            }
+        };
+        Some(Oidc {
+            provider_name: provider_name?,
+            issuer_url: issuer_url?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            token_auth_method: token_auth_method?,
+            redirect_uri,
+            scopes: scopes?,
+            admin_group: admin_group?,
+            auto_provision: auto_provision?,
+            groups_claim: groups_claim?,
+            id_token_algs: id_token_algs?,
+            post_logout_redirect_uri,
+        })
+    }
+
+    fn session(&mut self, oidc: Option<&Oidc>, warnings: &mut Vec<String>) -> Option<Session> {
+        let store = self.parse("session.store", Some("memory"), |s| match s {
+            "memory" => Ok(()),
+            "redis" => Err("this version of billguard keeps sessions in memory only; \
+                            allowed: memory"
+                .into()),
+            other => Err(format!("`{other}` is not a session store; allowed: memory")),
+        });
+        // Read only to report it; it is used once a shared store exists.
+        let _ = self.optional("session.redis_url", |s| Ok(Secret::new(s.to_owned())));
+        let ttl = self.parse("session.ttl", Some(DEFAULT_SESSION_TTL), parse_duration);
+        let idle_timeout = self.parse(
+            "session.idle_timeout",
+            Some(DEFAULT_IDLE_TIMEOUT),
+            parse_duration,
+        );
+        let max_sessions =
+            self.parse(
+                "session.max_sessions",
+                Some(DEFAULT_MAX_SESSIONS),
+                |s| match s.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(n),
+                    _ => Err(format!(
+                        "`{s}` is not a positive whole number; for example 100000"
+                    )),
+                },
+            );
+        let secret = self.optional("session.secret", |s| {
+            if s.len() < MIN_SECRET_LEN {
+                return Err(format!(
+                    "is {} bytes long; it must be at least {MIN_SECRET_LEN} random bytes, \
+                     for example the output of `openssl rand -base64 48`",
+                    s.len()
+                ));
+            }
+            Ok(Secret::new(s.to_owned()))
+        });
+
+        store?;
+        let (secret, secret_generated) = match secret? {
+            Some(secret) => (secret, false),
+            None => {
+                warnings.push(
+                    "session.secret is not set: a random key was generated, so logins in \
+                     progress are lost on restart; set session.secret (or \
+                     BILLGUARD_SESSION__SECRET)"
+                        .into(),
+                );
+                (Secret::new(random_secret()), true)
+            }
+        };
+        let secure_cookies = match oidc {
+            Some(oidc) => {
+                !(oidc.redirect_uri.scheme() == "http" && is_loopback_host(&oidc.redirect_uri))
+            }
+            None => true,
+        };
+        Some(Session {
+            ttl: ttl?,
+            idle_timeout: idle_timeout?,
+            max_sessions: max_sessions?,
+            secret,
+            secret_generated,
+            secure_cookies,
+        })
+    }
+
+    fn headers(&mut self) -> Option<Headers> {
+        let user = self.parse("headers.user", Some(DEFAULT_USER_HEADER), parse_header_name);
+        let email = self.parse(
+            "headers.email",
+            Some(DEFAULT_EMAIL_HEADER),
+            parse_header_name,
+        );
+        let groups = self.parse(
+            "headers.groups",
+            Some(DEFAULT_GROUPS_HEADER),
+            parse_header_name,
+        );
+        let role = self.parse("headers.role", Some(DEFAULT_ROLE_HEADER), parse_header_name);
+        let trusted_proxies = self.list("headers.trusted_proxies", "", parse_net);
+
+        let (user, email, groups, role) = (user?, email?, groups?, role?);
+        let names = [&user, &email, &groups, &role];
+        for (i, a) in names.iter().enumerate() {
+            if names[i + 1..]
+                .iter()
+                .any(|b| crate::headers::same_name(a, b))
+            {
+                let origin = self.origin_of("headers");
+                self.problem(
+                    "headers",
+                    &origin,
+                    format!("`{a}` is used for two identity headers; each needs its own name"),
+                );
+                return None;
+            }
+        }
+        Some(Headers {
+            user,
+            email,
+            groups,
+            role,
+            trusted_proxies: trusted_proxies?,
+        })
+    }
+
+    fn local_login(&mut self, oidc: Option<&Oidc>) -> Option<LocalLogin> {
+        let enabled = self.parse("local_login.enabled", Some("false"), parse_bool);
+        let users_file = self.optional("local_login.users_file", |s| Ok(PathBuf::from(s)));
+
+        if enabled? {
+            let origin = self.origin_of("local_login.enabled");
+            self.problem(
+                "local_login.enabled",
+                &origin,
+                "this version of billguard signs users in through the provider only; \
+                 allowed: false"
+                    .into(),
+            );
+            return None;
+        }
+        let users_file = users_file?;
+        let needs_users = oidc.is_some_and(|o| !o.auto_provision);
+        let users = match (&users_file, needs_users) {
+            (Some(path), _) => match read_users(path) {
+                Ok(users) => users,
+                Err(message) => {
+                    let origin = self.origin_of("local_login.users_file");
+                    self.problem("local_login.users_file", &origin, message);
+                    return None;
+                }
+            },
+            (None, true) => {
+                let origin = self.origin_of("oidc.auto_provision");
+                self.problem(
+                    "oidc.auto_provision",
+                    &origin,
+                    "is false, so only known users may sign in, but no \
+                     local_login.users_file lists them; set local_login.users_file"
+                        .into(),
+                );
+                return None;
+            }
+            (None, false) => Vec::new(),
+        };
+        Some(LocalLogin { users_file, users })
+    }
+
+    // --- primitives ---
+
+    /// The merged value of a key and the layer it came from.
+    fn raw(&self, key: &str) -> Option<(Value, Origin)> {
+        let value = self.fig.find_value(key).ok()?;
+        let origin = match self.fig.find_metadata(key) {
+            Some(meta) => origin_from(meta, key),
+            None => Origin::Default,
+        };
+        Some((value, origin))
+    }
+
+    fn origin_of(&self, key: &str) -> Origin {
+        self.raw(key).map(|(_, o)| o).unwrap_or(Origin::Default)
+    }
+
+    /// A value that has a default.
+    fn parse<T>(
+        &mut self,
+        key: &'static str,
+        default: Option<&str>,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.text(key, default) {
+            Some((text, origin)) => self.finish(key, &text, origin, parse),
+            None => None,
+        }
+    }
+
+    /// A value without a default whose absence is fine.
+    fn optional<T>(
+        &mut self,
+        key: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<Option<T>> {
+        match self.text(key, None) {
+            Some((text, origin)) => self.finish(key, &text, origin, parse).map(Some),
+            None => {
+                self.record(key, "(unset)".into(), &Origin::Default);
+                Some(None)
+            }
+        }
+    }
+
+    /// A value that must be given.
+    fn required<T>(
+        &mut self,
+        key: &'static str,
+        default: Option<&str>,
+        _secret: bool,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match self.text(key, default) {
+            Some((text, origin)) => self.finish(key, &text, origin, parse),
+            None => {
+                let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+                let place = if table.is_empty() {
+                    format!("`{name}` at the top of the config file")
+                } else {
+                    format!("`{name}` under [{table}] in the config file")
+                };
+                self.problems.push(Problem {
+                    key: key.into(),
+                    source: "unset".into(),
+                    message: format!(
+                        "is required; set {place} or the environment variable {}",
+                        env_name(key)
+                    ),
+                });
+                None
+            }
+        }
+    }
+
+    /// A list given as an array or as a string split on spaces and commas.
+    fn list<T>(
+        &mut self,
+        key: &'static str,
+        default: &str,
+        parse: impl Fn(&str) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let (items, origin): (Vec<String>, Origin) = match self.raw(key) {
+            Some((Value::Array(_, values), origin)) => {
+                let mut items = Vec::new();
+                for value in values {
+                    match value_text(&value) {
+                        Some(text) => items.push(text),
+                        None => {
+                            self.problem(key, &origin, "must be a list of strings".into());
+                            return None;
+                        }
+                    }
+                }
+                (items, origin)
+            }
+            Some((value, origin)) => match value_text(&value) {
+                Some(text) => (split_list(&text), origin),
+                None => {
+                    self.problem(key, &origin, "must be a string or a list of strings".into());
+                    return None;
+                }
+            },
+            None => (split_list(default), Origin::Default),
+        };
+
+        let mut parsed = Vec::with_capacity(items.len());
+        let mut failed = false;
+        for item in &items {
+            match parse(item) {
+                Ok(v) => parsed.push(v),
+                Err(message) => {
+                    self.problem(key, &origin, message);
+                    failed = true;
+                }
+            }
+        }
+        self.record(key, items.join(" "), &origin);
+        (!failed).then_some(parsed)
+    }
+
+    fn text(&mut self, key: &'static str, default: Option<&str>) -> Option<(String, Origin)> {
+        match self.raw(key) {
+            Some((value, origin)) => match value_text(&value) {
+                Some(text) => Some((text, origin)),
+                None => {
+                    self.problem(
+                        key,
+                        &origin,
+                        "must be a single value, not a table or list".into(),
+                    );
+                    None
+                }
+            },
+            None => default.map(|d| (d.to_owned(), Origin::Default)),
+        }
+    }
+
+    fn finish<T>(
+        &mut self,
+        key: &'static str,
+        text: &str,
+        origin: Origin,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let shown = if SECRETS.contains(&key) {
+            "********".to_owned()
+        } else {
+            text.to_owned()
+        };
+        self.record(key, shown, &origin);
+        match parse(text.trim()) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.problem(key, &origin, message);
+                None
+            }
+        }
+    }
+
+    fn record(&mut self, key: &'static str, value: String, origin: &Origin) {
+        self.entries.push(Entry {
+            key,
+            value,
+            source: origin.to_string(),
+        });
+    }
+
+    fn problem(&mut self, key: &str, origin: &Origin, message: String) {
+        self.problems.push(Problem {
+            key: key.into(),
+            source: origin.to_string(),
+            message,
+        });
+    }
+}
+
+fn origin_from(meta: &Metadata, key: &str) -> Origin {
+    match meta.name.as_ref() {
+        "flag" => Origin::Flag(match key {
+            "listen" => "--listen",
+            _ => "--upstream",
+        }),
+        "file" => match &meta.source {
+            Some(figment::Source::File(path)) => Origin::File(path.clone()),
+            _ => Origin::Default,
+        },
+        _ => Origin::Env(env_name(key)),
+    }
+}
+
+/// The text of a scalar value; `None` for tables and lists.
+fn value_text(value: &Value) -> Option<String> {
+    match value {
+        Value::String(_, s) => Some(s.clone()),
+        Value::Char(_, c) => Some(c.to_string()),
+        Value::Bool(_, b) => Some(b.to_string()),
+        Value::Num(_, n) => {
+            if let Some(i) = n.to_i128() {
+                Some(i.to_string())
+            } else {
+                n.to_f64().map(|f| f.to_string())
+            }
+        }
+        Value::Empty(..) | Value::Dict(..) | Value::Array(..) => None,
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn random_secret() -> String {
+    use base64::Engine as _;
+    let bytes: [u8; 48] = rand::random();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn read_users(path: &Path) -> Result<Vec<KnownUser>, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct UsersFile {
+        #[serde(default)]
+        users: Vec<KnownUser>,
+    }
+
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read users file {}: {e}", path.display()))?;
+    let file: UsersFile = toml::from_str(&text).map_err(|e| {
+        format!(
+            "users file {}{}: {}",
+            path.display(),
+            line_of(&text, e.span()),
+            e.message()
+        )
+    })?;
+    for (i, user) in file.users.iter().enumerate() {
+        if user.username.trim().is_empty() {
+            return Err(format!(
+                "users file {}: user #{} has an empty username",
+                path.display(),
+                i + 1
+            ));
+        }
+        if let Some(role) = &user.role
+            && role != "admin"
+            && role != "user"
+        {
+            return Err(format!(
+                "users file {}: user `{}` has role `{role}`; allowed: admin, user",
+                path.display(),
+                user.username
+            ));
+        }
+    }
+    Ok(file.users)
+}
+
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!(" at line {line}")
+        }
+        None => String::new(),
+    }
+}
+
+// --- value parsers: each says what is allowed ---
+
+fn parse_text(s: &str) -> Result<String, String> {
+    if s.chars().any(char::is_control) {
+        return Err("contains control characters; allowed: printable text".into());
+    }
+    Ok(s.to_owned())
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "`{s}` is not a boolean; allowed: true, false, 1, 0, yes, no"
+        )),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(s) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "`{s}` is not a duration; allowed: a positive duration such as 90s, 30m, 12h"
+        )),
+    }
+}
+
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| {
+        format!("`{s}` is not an address; allowed: ip:port such as 0.0.0.0:4180 or [::]:4180")
+    })
+}
+
+fn parse_upstream_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| {
+        format!("`{s}` is not a URL ({e}); allowed: http://host:port of the app, such as http://127.0.0.1:8080")
+    })?;
+    if url.scheme() != "http" {
+        return Err(format!(
+            "`{s}` uses {}; allowed: an http:// URL (the app runs beside billguard)",
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty)
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(format!(
+            "`{s}` must name only a host and port, such as http://127.0.0.1:8080 \
+             (requests keep their own path)"
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_issuer(s: &str) -> Result<String, String> {
+    let url = Url::parse(s).map_err(|e| format!("`{s}` is not a URL ({e})"))?;
+    let secure = url.scheme() == "https" || (url.scheme() == "http" && is_loopback_host(&url));
+    if !secure || url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "`{s}` is not an issuer; allowed: the https:// issuer URL exactly as the provider \
+             states it (Authentik: https://auth.example.com/application/o/<slug>/, with the \
+             trailing slash); plain http only on loopback"
+        ));
+    }
+    // The issuer is compared as a string (OIDC Discovery §4.3), so keep it as
+    // written rather than as the URL parser would normalise it.
+    Ok(s.to_owned())
+}
+
+fn parse_browser_url(s: &str, what: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("`{s}` is not a URL ({e}); it must be {what}"))?;
+    let secure = url.scheme() == "https" || (url.scheme() == "http" && is_loopback_host(&url));
+    if !secure || url.fragment().is_some() || url.query().is_some() {
+        return Err(format!(
+            "`{s}` must be {what}: an https:// URL without query or fragment \
+             (plain http only on loopback)"
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_auth_method(s: &str) -> Result<TokenAuthMethod, String> {
+    match s {
+        "client_secret_basic" => Ok(TokenAuthMethod::ClientSecretBasic),
+        "client_secret_post" => Ok(TokenAuthMethod::ClientSecretPost),
+        _ => Err(format!(
+            "`{s}` is not supported; allowed: client_secret_basic, client_secret_post"
+        )),
+    }
+}
+
+fn parse_scope(s: &str) -> Result<String, String> {
+    // RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    let valid = s
+        .bytes()
+        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("`{s}` is not a valid scope name"))
+    }
+}
+
+/// Signature algorithms an ID token may use. `none` is never allowed.
+pub const SUPPORTED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA", "HS256",
+    "HS384", "HS512",
+];
+
+fn parse_alg(s: &str) -> Result<String, String> {
+    if SUPPORTED_ALGS.contains(&s) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "`{s}` is not an accepted ID token algorithm; allowed: {}",
+            SUPPORTED_ALGS.join(", ")
+        ))
+    }
+}
+
+fn parse_header_name(s: &str) -> Result<HeaderName, String> {
+    let name = HeaderName::from_bytes(s.as_bytes())
+        .map_err(|_| format!("`{s}` is not a valid HTTP header name"))?;
+    if crate::headers::is_reserved(&name) {
+        return Err(format!(
+            "`{s}` is a header billguard or HTTP itself manages; choose another name, \
+             such as X-Forwarded-User"
+        ));
+    }
+    Ok(name)
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an IP address or CIDR range such as 10.0.0.0/8"))
+}
+
+// === impl Origin ===
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(name) => write!(f, "flag {name}"),
+            Origin::File(path) => write!(f, "file {}", path.display()),
+            Origin::Env(name) => write!(f, "env {name}"),
+            Origin::Default => f.write_str("default"),
+        }
+    }
+}
+
+// === impl Problem ===
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.key, self.source, self.message)
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+// === layers ===
+
+/// `OIDC_*` and `BILLGUARD_*` variables as raw strings: values are never
+/// guessed into numbers or lists here, the typed readers decide.
+struct EnvLayer {
+    dict: Dict,
+}
+
+impl EnvLayer {
+    fn new(env: &BTreeMap<String, String>, warnings: &mut Vec<String>) -> Self {
+        let mut dict = Dict::new();
+        for (name, value) in env {
+            if CLI_ENV.contains(&name.as_str()) || value.trim().is_empty() {
+                continue;
+            }
+            let key = if let Some(rest) = name.strip_prefix("OIDC_") {
+                format!("oidc.{}", rest.to_ascii_lowercase())
+            } else if let Some(rest) = name.strip_prefix("BILLGUARD_") {
+                rest.to_ascii_lowercase().replace("__", ".")
+            } else {
+                continue;
+            };
+            if !is_known(&key) {
+                warnings.push(format!(
+                    "environment variable {name} does not name a billguard setting; it is ignored"
+                ));
+                continue;
+            }
+            insert_path(&mut dict, &key, Value::from(value.clone()));
+        }
+        EnvLayer { dict }
+    }
+}
+
+impl Provider for EnvLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("env")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// The configuration file, with empty strings dropped so they fall through to
+/// the environment.
+struct FileLayer {
+    path: PathBuf,
+    dict: Dict,
+    raw: toml::Table,
+}
+
+impl FileLayer {
+    fn read(path: &Path) -> Result<Self, Problem> {
+        let problem = |message: String| Problem {
+            key: "--config".into(),
+            source: format!("file {}", path.display()),
+            message,
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| problem(format!("cannot read the config file: {e}")))?;
+        // The parser's own message would quote the offending line, which may
+        // hold a secret: report only the line number and the reason.
+        let raw: toml::Table = toml::from_str(&text).map_err(|e| {
+            problem(format!(
+                "not valid TOML{}: {}",
+                line_of(&text, e.span()),
+                e.message()
+            ))
+        })?;
+        let mut dict = Dict::new();
+        for (k, v) in &raw {
+            if let Some(v) = non_empty(v) {
+                dict.insert(k.clone(), v);
+            }
+        }
+        Ok(FileLayer {
+            path: path.to_owned(),
+            dict,
+            raw,
+        })
+    }
+
+    /// Keys the file sets that billguard does not know.
+    fn unknown_keys(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let source = format!("file {}", self.path.display());
+        for (key, value) in &self.raw {
+            match value {
+                toml::Value::Table(table) if KEYS.iter().any(|(t, _)| t == key) => {
+                    let known = KEYS.iter().find(|(t, _)| t == key).map(|(_, k)| *k);
+                    for sub in table.keys() {
+                        if !known.unwrap_or_default().contains(&sub.as_str()) {
+                            problems.push(Problem {
+                                key: format!("{key}.{sub}"),
+                                source: source.clone(),
+                                message: format!(
+                                    "unknown setting; allowed in [{key}]: {}",
+                                    known.unwrap_or_default().join(", ")
+                                ),
+                            });
+                        }
+                    }
+                }
+                _ if is_known(key) => {}
+                _ if key == "routes" => problems.push(Problem {
+                    key: key.clone(),
+                    source: source.clone(),
+                    message: "this version of billguard has no route rules; every path \
+                              needs a session. Remove [[routes]]"
+                        .into(),
+                }),
+                _ => problems.push(Problem {
+                    key: key.clone(),
+                    source: source.clone(),
+                    message: format!(
+                        "unknown setting; allowed at the top level: {}; tables: [oidc], \
+                         [session], [headers], [local_login]",
+                        KEYS[0].1.join(", ")
+                    ),
+                }),
+            }
+        }
+        problems
+    }
+}
+
+impl Provider for FileLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::from("file", figment::Source::File(self.path.clone()))
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+/// Command-line flags, the highest layer.
+struct FlagLayer {
+    dict: Dict,
+}
+
+impl FlagLayer {
+    fn new(inputs: &Inputs) -> Self {
+        let mut dict = Dict::new();
+        let flags = [
+            ("listen", &inputs.listen_flag),
+            ("upstream", &inputs.upstream_flag),
+        ];
+        for (key, value) in flags {
+            if let Some(value) = value.as_ref().filter(|v| !v.trim().is_empty()) {
+                dict.insert(key.into(), Value::from(value.clone()));
+            }
+        }
+        FlagLayer { dict }
+    }
+}
+
+impl Provider for FlagLayer {
+    fn metadata(&self) -> Metadata {
+        Metadata::named("flag")
+    }
+
+    fn data(&self) -> figment::Result<Map<Profile, Dict>> {
+        Ok(Profile::Default.collect(self.dict.clone()))
+    }
+}
+
+fn is_known(key: &str) -> bool {
+    let (table, name) = key.rsplit_once('.').unwrap_or(("", key));
+    KEYS.iter()
+        .any(|(t, keys)| *t == table && keys.contains(&name))
+}
+
+fn insert_path(dict: &mut Dict, key: &str, value: Value) {
+    match key.split_once('.') {
+        Some((table, rest)) => {
+            let entry = dict
+                .entry(table.to_owned())
+                .or_insert_with(|| Value::from(Dict::new()));
+            if let Value::Dict(_, inner) = entry {
+                insert_path(inner, rest, value);
+            }
+        }
+        None => {
+            dict.insert(key.to_owned(), value);
+        }
+    }
+}
+
+/// The file value as a figment value, with empty and blank strings removed.
+fn non_empty(value: &toml::Value) -> Option<Value> {
+    Some(match value {
+        toml::Value::String(s) if s.trim().is_empty() => return None,
+        toml::Value::String(s) => Value::from(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => Value::from(*f),
+        toml::Value::Boolean(b) => Value::from(*b),
+        toml::Value::Datetime(d) => Value::from(d.to_string()),
+        toml::Value::Array(items) => {
+            Value::from(items.iter().filter_map(non_empty).collect::<Vec<_>>())
+        }
+        toml::Value::Table(table) => {
+            let dict: Dict = table
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), non_empty(v)?)))
+                .collect();
+            Value::from(dict)
+        }
+    })
+}

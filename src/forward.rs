@@ -1,0 +1,165 @@
+//! The pooled upstream client: forwards a request whose headers are already
+//! rewritten, streams both bodies, and splices protocol upgrades
+//! (WebSocket) once the app agrees to them.
+//!
+//! Bodies are never buffered: the browser's body is handed to the client as
+//! it arrives and the app's body is returned as a stream. The response
+//! headers must arrive within `upstream_timeout`; the body may take as long
+//! as it needs.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const POOL_IDLE: Duration = Duration::from_secs(60);
+const POOL_MAX_IDLE: usize = 256;
+
+/// A handle to the app.
+#[derive(Clone)]
+pub struct Upstream {
+    client: Client<HttpConnector, Incoming>,
+    authority: hyper::http::uri::Authority,
+    timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect to {authority}: {reason}")]
+    Connect { authority: String, reason: String },
+    #[error("no response headers from {authority} within {timeout:?}")]
+    Timeout {
+        authority: String,
+        timeout: Duration,
+    },
+    #[error("request to {authority}: {reason}")]
+    Request { authority: String, reason: String },
+    #[error("request target {0} cannot be forwarded")]
+    Target(String),
+}
+
+// === impl Upstream ===
+
+impl Upstream {
+    pub fn new(cfg: &config::Upstream) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_max_idle_per_host(POOL_MAX_IDLE)
+            .build(connector);
+        Upstream {
+            client,
+            authority: cfg
+                .authority
+                .parse()
+                .expect("the upstream authority was validated as host:port"),
+            timeout: cfg.timeout,
+        }
+    }
+
+    /// Sends the request to the app. When `upgrade` is set and the app
+    /// answers 101, the two connections are joined and carry bytes both
+    /// ways until either side closes.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        upgrade: Option<HeaderValue>,
+    ) -> Result<Response<Incoming>, Error> {
+        let target = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(target)
+            .build()
+            .map_err(|_| Error::Target(target.to_owned()))?;
+        *req.uri_mut() = uri;
+        // The app speaks HTTP/1.1 whatever the browser spoke.
+        *req.version_mut() = Version::HTTP_11;
+
+        let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let sent = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let mut res = match sent {
+            Ok(Ok(res)) => res,
+            Ok(Err(e)) if e.is_connect() => {
+                return Err(Error::Connect {
+                    authority: self.authority.to_string(),
+                    reason: chain(&e),
+                });
+            }
+            Ok(Err(e)) => {
+                return Err(Error::Request {
+                    authority: self.authority.to_string(),
+                    reason: chain(&e),
+                });
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    authority: self.authority.to_string(),
+                    timeout: self.timeout,
+                });
+            }
+        };
+
+        if let Some(downstream) = downstream
+            && res.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            let upstream = hyper::upgrade::on(&mut res);
+            tokio::spawn(async move {
+                match tokio::try_join!(downstream, upstream) {
+                    Ok((down, up)) => {
+                        let mut down = TokioIo::new(down);
+                        let mut up = TokioIo::new(up);
+                        if let Err(error) = tokio::io::copy_bidirectional(&mut down, &mut up).await
+                        {
+                            tracing::debug!(%error, "Upgraded connection ended with an error");
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "Protocol upgrade failed"),
+                }
+            });
+        }
+        Ok(res)
+    }
+}
+
+/// Whether the request asks to switch protocols (RFC 9110 §7.8), and to
+/// which one.
+pub fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if asks && req.version() == Version::HTTP_11 {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,470 @@
+//! Header rewriting between the browser and the app: pure functions on
+//! `HeaderMap`, no I/O.
+//!
+//! On the way upstream, in this order:
+//! 1. hop-by-hop headers go, including every name the `Connection` header
+//!    lists (RFC 9110 §7.6.1) — done first, so a client cannot use
+//!    `Connection` to remove a header billguard adds later;
+//! 2. anything that looks like an identity header goes: names are compared
+//!    case-insensitively with `_` read as `-`, because WSGI and PHP fold
+//!    `X_Forwarded_User` into the same variable as `X-Forwarded-User`;
+//! 3. billguard's own cookies are removed from `Cookie`;
+//! 4. `X-Forwarded-For`, `-Proto` and `-Host` are set from the real
+//!    connection; what the client sent is believed only from a trusted proxy;
+//! 5. the identity of the session is injected.
+//!
+//! On the way back, hop-by-hop headers of the app's response are removed.
+
+use std::net::IpAddr;
+
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
+
+use crate::config;
+use crate::identity::{Identity, Role};
+
+/// Cookie names billguard sets all start with this (after an optional
+/// `__Host-` prefix).
+pub const COOKIE_PREFIX: &str = "billguard_";
+
+/// Characters escaped in identity values: controls and `%` always, so the
+/// value decodes back unambiguously; non-ASCII is always escaped as UTF-8.
+const VALUE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
+/// Group names also escape `,`, the list separator.
+const GROUP_ESCAPES: &AsciiSet = &VALUE_ESCAPES.add(b',');
+
+/// RFC 9110 §7.6.1 and RFC 9112: headers meaningful only for one connection.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+const KEEP_ALIVE: &str = "keep-alive";
+const PROXY_CONNECTION: &str = "proxy-connection";
+
+/// The identity headers as the app will receive them, built once per
+/// session so the request path only clones `HeaderValue`s.
+#[derive(Clone, Debug)]
+pub struct IdentityValues {
+    pub user: HeaderValue,
+    pub email: Option<HeaderValue>,
+    pub groups: HeaderValue,
+    pub role: HeaderValue,
+}
+
+/// Rewrites request and response headers with the configured names.
+#[derive(Clone, Debug)]
+pub struct Rewriter {
+    names: config::Headers,
+    /// The identity header names in their compare form, for spoof checks.
+    folded: [String; 4],
+}
+
+/// What the proxy knows about the connection a request came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// `https` when billguard's listener terminated TLS.
+    pub proto: &'static str,
+}
+
+// === impl Rewriter ===
+
+impl Rewriter {
+    pub fn new(names: config::Headers) -> Self {
+        let folded =
+            [&names.user, &names.email, &names.groups, &names.role].map(|n| fold(n.as_str()));
+        Rewriter { names, folded }
+    }
+
+    /// Prepares a request for the app. `upgrade` keeps `Connection: upgrade`
+    /// and `Upgrade` for a protocol switch such as WebSocket.
+    pub fn upstream_request(
+        &self,
+        headers: &mut HeaderMap,
+        peer: Peer,
+        identity: Option<&IdentityValues>,
+        upgrade: Option<HeaderValue>,
+    ) {
+        remove_hop_by_hop(headers);
+        self.remove_spoofed(headers);
+        remove_own_cookies(headers);
+        self.set_forwarded(headers, peer);
+
+        if let Some(id) = identity {
+            headers.insert(self.names.user.clone(), id.user.clone());
+            if let Some(email) = &id.email {
+                headers.insert(self.names.email.clone(), email.clone());
+            }
+            headers.insert(self.names.groups.clone(), id.groups.clone());
+            headers.insert(self.names.role.clone(), id.role.clone());
+        }
+        if let Some(protocol) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+    }
+
+    /// Cleans the app's response before it goes to the browser.
+    pub fn downstream_response(&self, headers: &mut HeaderMap, upgrade: Option<HeaderValue>) {
+        remove_hop_by_hop(headers);
+        if let Some(protocol) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol);
+        }
+    }
+
+    /// Removes every header whose name folds to an identity header name.
+    fn remove_spoofed(&self, headers: &mut HeaderMap) {
+        let spoofed: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let folded = fold(name.as_str());
+                self.folded.iter().any(|f| *f == folded)
+            })
+            .cloned()
+            .collect();
+        for name in spoofed {
+            tracing::debug!(header = %name, "Removed identity header sent by the client");
+            headers.remove(&name);
+        }
+    }
+
+    fn set_forwarded(&self, headers: &mut HeaderMap, peer: Peer) {
+        let ip = canonical(peer.ip);
+        let trusted = self
+            .names
+            .trusted_proxies
+            .iter()
+            .any(|net| net.contains(&ip));
+        let peer_ip =
+            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+
+        if trusted {
+            // Append the proxy that talked to us to the chain it sent.
+            let chain = headers
+                .get_all(X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let value = if chain.is_empty() {
+                peer_ip
+            } else {
+                HeaderValue::from_str(&format!("{chain}, {ip}")).unwrap_or(peer_ip)
+            };
+            headers.insert(X_FORWARDED_FOR, value);
+        } else {
+            headers.insert(X_FORWARDED_FOR, peer_ip);
+            headers.remove(header::FORWARDED);
+        }
+
+        if !trusted || !headers.contains_key(X_FORWARDED_PROTO) {
+            headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(peer.proto));
+        }
+        if !trusted || !headers.contains_key(X_FORWARDED_HOST) {
+            match headers.get(header::HOST).cloned() {
+                Some(host) => {
+                    headers.insert(X_FORWARDED_HOST, host);
+                }
+                None => {
+                    headers.remove(X_FORWARDED_HOST);
+                }
+            }
+        }
+    }
+}
+
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+// === impl IdentityValues ===
+
+impl IdentityValues {
+    /// Encodes an identity for headers: CTLs, `%` and non-ASCII are
+    /// percent-encoded; in groups `,` is too, so the list always splits back.
+    pub fn new(identity: &Identity) -> Self {
+        let groups = identity
+            .groups
+            .iter()
+            .map(|g| utf8_percent_encode(g, GROUP_ESCAPES).to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        IdentityValues {
+            user: encoded(&identity.user),
+            email: identity.email.as_deref().map(encoded),
+            groups: header_value(groups),
+            role: HeaderValue::from_static(match identity.role {
+                Role::Admin => "admin",
+                Role::User => "user",
+            }),
+        }
+    }
+}
+
+fn encoded(text: &str) -> HeaderValue {
+    header_value(utf8_percent_encode(text, VALUE_ESCAPES).to_string())
+}
+
+fn header_value(text: String) -> HeaderValue {
+    // Percent-encoding left only visible ASCII and spaces.
+    HeaderValue::try_from(text).expect("percent-encoded text is a valid header value")
+}
+
+/// Header names compare equal ignoring case and reading `_` as `-`.
+pub fn same_name(a: &HeaderName, b: &HeaderName) -> bool {
+    fold(a.as_str()) == fold(b.as_str())
+}
+
+/// Names an operator may not use for an identity header.
+pub fn is_reserved(name: &HeaderName) -> bool {
+    let folded = fold(name.as_str());
+    HOP_BY_HOP.iter().any(|h| fold(h.as_str()) == folded)
+        || [
+            "host",
+            "cookie",
+            "set-cookie",
+            "authorization",
+            "content-length",
+            "content-type",
+            "forwarded",
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            KEEP_ALIVE,
+            PROXY_CONNECTION,
+        ]
+        .contains(&folded.as_str())
+}
+
+fn fold(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c == '_' {
+                '-'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+/// An IPv4 peer may arrive as an IPv4-mapped IPv6 address on a dual-stack
+/// listener; it is the IPv4 address that trust rules and logs mean.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(KEEP_ALIVE);
+    headers.remove(PROXY_CONNECTION);
+}
+
+/// True for a cookie name billguard itself sets.
+pub fn is_own_cookie(name: &str) -> bool {
+    name.strip_prefix("__Host-")
+        .unwrap_or(name)
+        .starts_with(COOKIE_PREFIX)
+}
+
+/// Drops billguard's cookies from every `Cookie` header, keeping the app's.
+fn remove_own_cookies(headers: &mut HeaderMap) {
+    if !headers.contains_key(header::COOKIE) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
+            !pair.is_empty() && !is_own_cookie(name)
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rewriter(trusted: &[&str]) -> Rewriter {
+        Rewriter::new(config::Headers {
+            user: HeaderName::from_static("x-forwarded-user"),
+            email: HeaderName::from_static("x-forwarded-email"),
+            groups: HeaderName::from_static("x-forwarded-groups"),
+            role: HeaderName::from_static("x-forwarded-role"),
+            trusted_proxies: trusted.iter().map(|s| s.parse().unwrap()).collect(),
+        })
+    }
+
+    fn peer(ip: &str) -> Peer {
+        Peer {
+            ip: ip.parse().unwrap(),
+            proto: "http",
+        }
+    }
+
+    fn alice() -> Identity {
+        Identity {
+            subject: "1".into(),
+            user: "alice".into(),
+            email: Some("alice@example.com".into()),
+            groups: vec!["staff".into(), "a,b".into(), "100%".into()],
+            role: Role::Admin,
+        }
+    }
+
+    #[test]
+    fn spoofed_identity_headers_are_removed_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "X-Forwarded-User",
+            "x_forwarded_user",
+            "X_FORWARDED_ROLE",
+            "x-forwarded_groups",
+            "X-FORWARDED-EMAIL",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
+        for name in [
+            "x-forwarded-user",
+            "x_forwarded_user",
+            "x_forwarded_role",
+            "x-forwarded_groups",
+            "x-forwarded-email",
+        ] {
+            assert!(h.get(name).is_none(), "{name} survived");
+        }
+    }
+
+    #[test]
+    fn connection_header_cannot_remove_injected_identity() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-forwarded-user, x-forwarded-role, x-app"),
+        );
+        h.insert("x-app", HeaderValue::from_static("1"));
+        let id = IdentityValues::new(&alice());
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), Some(&id), None);
+        assert_eq!(h["x-forwarded-user"], "alice");
+        assert_eq!(h["x-forwarded-role"], "admin");
+        assert!(h.get("x-app").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn groups_escape_commas_and_percent_so_the_list_splits_back() {
+        let id = IdentityValues::new(&alice());
+        assert_eq!(id.groups, "staff,a%2Cb,100%25");
+    }
+
+    #[test]
+    fn control_characters_and_non_ascii_never_reach_a_value() {
+        let mut who = alice();
+        who.user = "ev\r\nil\u{7f}é".into();
+        let id = IdentityValues::new(&who);
+        assert_eq!(id.user, "ev%0D%0Ail%7F%C3%A9");
+    }
+
+    #[test]
+    fn own_cookies_are_removed_and_the_apps_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("app=1; __Host-billguard_session=abc"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("billguard_login_x=y; theme=dark"),
+        );
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
+        assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(h[header::COOKIE], "app=1; theme=dark");
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("bills.example.com"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.insert(header::FORWARDED, HeaderValue::from_static("for=1.2.3.4"));
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.9"), None, None);
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "bills.example.com");
+        assert!(h.get(header::FORWARDED).is_none());
+    }
+
+    #[test]
+    fn forwarded_headers_from_trusted_proxies_are_extended() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("internal:4180"));
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.insert(
+            "x-forwarded-host",
+            HeaderValue::from_static("bills.example.com"),
+        );
+        rewriter(&["10.0.0.0/8"]).upstream_request(&mut h, peer("::ffff:10.0.0.9"), None, None);
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "bills.example.com");
+    }
+
+    #[test]
+    fn upgrade_survives_hop_by_hop_removal_only_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        let mut plain = h.clone();
+        rewriter(&[]).upstream_request(
+            &mut h,
+            peer("10.0.0.1"),
+            None,
+            Some(HeaderValue::from_static("websocket")),
+        );
+        assert_eq!(h[header::UPGRADE], "websocket");
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert!(h.get("keep-alive").is_none());
+        rewriter(&[]).upstream_request(&mut plain, peer("10.0.0.1"), None, None);
+        assert!(plain.get(header::UPGRADE).is_none());
+    }
+}

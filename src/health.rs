@@ -1,0 +1,65 @@
+//! Endpoints for probes and for checking who you are:
+//! - `/_billguard/health`: 200 while the process serves requests;
+//! - `/_billguard/ready`: 200 once the provider metadata is loaded, else 503;
+//! - `/_billguard/whoami`: the current identity and why its role is what it
+//!   is, or 401 without a session.
+
+use hyper::header::HeaderMap;
+use hyper::{Response, StatusCode};
+use serde_json::json;
+
+use crate::app::App;
+use crate::login::start_href;
+use crate::respond::{self, Body};
+
+pub fn health() -> Response<Body> {
+    respond::text(StatusCode::OK, "ok\n")
+}
+
+pub fn ready(app: &App) -> Response<Body> {
+    if app.provider.is_ready() {
+        respond::json(
+            StatusCode::OK,
+            &json!({"ready": true, "provider": "loaded"}),
+        )
+    } else {
+        app.provider.wake();
+        respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "provider": "metadata not loaded yet"}),
+        )
+    }
+}
+
+pub async fn whoami(app: &App, headers: &HeaderMap) -> Response<Body> {
+    let Some((_, session)) = app.sessions.lookup(headers).await else {
+        return respond::problem_json(
+            StatusCode::UNAUTHORIZED,
+            &json!({
+                "type": "about:blank",
+                "title": "Not signed in",
+                "status": 401,
+                "detail": "There is no session for this request.",
+                "sign_in": start_href("/"),
+            }),
+        );
+    };
+    let identity = &session.identity;
+    let created = session
+        .created
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    respond::json(
+        StatusCode::OK,
+        &json!({
+            "user": identity.user,
+            "email": identity.email,
+            "subject": identity.subject,
+            "groups": identity.groups,
+            "role": identity.role,
+            "role_reason": app.policy.explain(identity),
+            "session_created": created,
+        }),
+    )
+}

@@ -1,0 +1,20 @@
+//! billguard: an authentication sidecar that signs browser users in with
+//! OpenID Connect and forwards their requests to the app with identity
+//! headers. The binary is a thin runbook over these modules; the library
+//! exists so integration tests can start the real server.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod forward;
+pub mod headers;
+pub mod health;
+pub mod identity;
+pub mod login;
+pub mod oidc;
+pub mod pages;
+pub mod respond;
+pub mod routes;
+pub mod server;
+pub mod session;
+pub mod telemetry;

@@ -1,0 +1,326 @@
+//! The authorization code flow with PKCE, from the provider's side: the
+//! authorization URL, the code exchange, the ID token checks and userinfo.
+//!
+//! ID token checks (OIDC Core §3.1.3.7): the signature against the JWKS
+//! with an allow-list of algorithms (`none` never, HS* only when configured
+//! and then keyed with the client secret), `iss` exactly, `aud` containing
+//! the client id and `azp` when there are several audiences, `exp` with a
+//! minute of clock skew, `iat` not in the future, and the `nonce` of this
+//! login. A token signed with an unknown `kid` triggers one rate-limited
+//! JWKS reload and one retry.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreErrorResponseType, CoreIdToken, CoreIdTokenClaims,
+    CoreIdTokenVerifier,
+};
+use openidconnect::{
+    AuthType, AuthorizationCode, ClientId, ClientSecret, CsrfToken, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RequestTokenError, Scope, TokenResponse,
+};
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::{Discovered, Provider};
+use crate::config::TokenAuthMethod;
+use crate::identity::Claims;
+
+/// Accepted difference between billguard's clock and the provider's.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// A login that was sent to the provider.
+pub struct Started {
+    pub url: Url,
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+}
+
+/// A login the provider completed and billguard verified.
+pub struct Completed {
+    pub claims: Claims,
+    /// The raw ID token, for `id_token_hint` at sign-out.
+    pub id_token: String,
+}
+
+/// Why a login could not be completed. Messages are for the log; they never
+/// contain a token, a code or the client secret.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("provider metadata is not loaded yet")]
+    NotReady,
+    /// The provider refused the code (expired, used, or not ours).
+    #[error("token endpoint refused the code: {0}")]
+    CodeRejected(String),
+    /// The provider refused billguard's client credentials.
+    #[error("token endpoint refused the client credentials: {0}")]
+    ClientRejected(String),
+    #[error("token endpoint failed: {0}")]
+    Exchange(String),
+    #[error("token response has no id_token")]
+    NoIdToken,
+    #[error("ID token rejected: {0}")]
+    IdToken(String),
+    #[error("ID token nonce does not match this login")]
+    Nonce,
+    #[error("userinfo: {0}")]
+    Userinfo(String),
+}
+
+// === impl Provider ===
+
+impl Provider {
+    /// Builds the authorization URL for a new login: fresh `state`, `nonce`
+    /// and PKCE S256 challenge (RFC 7636 §4.2).
+    pub fn begin(&self) -> Result<Started, Error> {
+        let found = self.discovered().ok_or(Error::NotReady)?;
+        let cfg = self.config();
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let redirect = openidconnect::RedirectUrl::from_url(cfg.redirect_uri.clone());
+
+        let mut request = found
+            .client
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
+            .set_redirect_uri(std::borrow::Cow::Owned(redirect))
+            .set_pkce_challenge(challenge);
+        for scope in cfg.scopes.iter().filter(|s| *s != "openid") {
+            request = request.add_scope(Scope::new(scope.clone()));
+        }
+        let (url, state, nonce) = request.url();
+        Ok(Started {
+            url,
+            state: state.secret().clone(),
+            nonce: nonce.secret().clone(),
+            pkce_verifier: verifier.secret().clone(),
+        })
+    }
+
+    /// Exchanges the code and verifies everything the provider returned.
+    pub async fn finish(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<Completed, Error> {
+        let found = self.discovered().ok_or(Error::NotReady)?;
+        let cfg = self.config();
+        let auth_type = match cfg.token_auth_method {
+            TokenAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            TokenAuthMethod::ClientSecretPost => AuthType::RequestBody,
+        };
+        let client = found
+            .client
+            .clone()
+            .set_auth_type(auth_type)
+            .set_redirect_uri(openidconnect::RedirectUrl::from_url(
+                cfg.redirect_uri.clone(),
+            ));
+
+        let response = client
+            .exchange_code(AuthorizationCode::new(code.to_owned()))
+            .map_err(|e| Error::Exchange(e.to_string()))?
+            .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
+            .request_async(self.http())
+            .await
+            .map_err(exchange_error)?;
+
+        let id_token = response.id_token().ok_or(Error::NoIdToken)?.clone();
+        let claims = self.verify(&found, &id_token, nonce).await?;
+        let raw = id_token.to_string();
+        let extra = payload(&raw);
+
+        let mut claims = Claims {
+            subject: claims.subject().as_str().to_owned(),
+            preferred_username: claims.preferred_username().map(|u| u.as_str().to_owned()),
+            email: claims.email().map(|e| e.as_str().to_owned()),
+            groups: extra.get(&cfg.groups_claim).cloned(),
+        };
+
+        // Providers that keep claims out of the ID token serve them at
+        // userinfo (OIDC Core §5.3); its `sub` must be the same user.
+        if claims.email.is_none() || claims.groups.is_none() || claims.preferred_username.is_none()
+        {
+            if let Some(url) = &found.userinfo {
+                self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
+                    .await?;
+            }
+        }
+        Ok(Completed {
+            claims,
+            id_token: raw,
+        })
+    }
+
+    /// The provider's end-session URL for RP-initiated logout, if it has one.
+    pub fn logout_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
+        let found = self.discovered()?;
+        let mut url = found.end_session.clone()?;
+        let cfg = self.config();
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(hint) = id_token_hint {
+                query.append_pair("id_token_hint", hint);
+            }
+            query.append_pair("client_id", &cfg.client_id);
+            query.append_pair(
+                "post_logout_redirect_uri",
+                cfg.post_logout_redirect_uri.as_str(),
+            );
+        }
+        Some(url)
+    }
+
+    async fn verify(
+        &self,
+        found: &Discovered,
+        id_token: &CoreIdToken,
+        nonce: &str,
+    ) -> Result<CoreIdTokenClaims, Error> {
+        let nonce = Nonce::new(nonce.to_owned());
+        match id_token.claims(&self.verifier(found), &nonce) {
+            Ok(claims) => Ok(claims.clone()),
+            Err(openidconnect::ClaimsVerificationError::SignatureVerification(
+                openidconnect::SignatureVerificationError::NoMatchingKey,
+            )) if self.refetch_jwks().await => {
+                let found = self.discovered().ok_or(Error::NotReady)?;
+                id_token
+                    .claims(&self.verifier(&found), &nonce)
+                    .cloned()
+                    .map_err(verification_error)
+            }
+            Err(e) => Err(verification_error(e)),
+        }
+    }
+
+    fn verifier<'a>(&'a self, found: &Discovered) -> CoreIdTokenVerifier<'a> {
+        let cfg = self.config();
+        CoreIdTokenVerifier::new_confidential_client(
+            ClientId::new(cfg.client_id.clone()),
+            ClientSecret::new(cfg.client_secret.expose().to_owned()),
+            found.issuer.clone(),
+            found.jwks.clone(),
+        )
+        .set_allowed_algs(self.inner.algs.clone())
+        .set_time_fn(|| chrono::Utc::now() - CLOCK_SKEW)
+        .set_issue_time_verifier_fn(|iat| {
+            if iat > chrono::Utc::now() + CLOCK_SKEW {
+                Err(format!("issued in the future ({iat})"))
+            } else {
+                Ok(())
+            }
+        })
+    }
+
+    async fn complete_from_userinfo(
+        &self,
+        url: &Url,
+        access_token: &str,
+        claims: &mut Claims,
+    ) -> Result<(), Error> {
+        let response = self
+            .http()
+            .get(url.clone())
+            .bearer_auth(access_token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| Error::Userinfo(format!("request to {url}: {e}")))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(Error::Userinfo(format!("{url} answered {status}")));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Userinfo(format!("reading the answer of {url}: {e}")))?;
+        let info: Map<String, Value> = serde_json::from_slice(&body).map_err(|e| {
+            Error::Userinfo(format!(
+                "{url} sent no JSON object ({:?} error)",
+                e.classify()
+            ))
+        })?;
+
+        match info.get("sub").and_then(Value::as_str) {
+            Some(sub) if sub == claims.subject => {}
+            _ => {
+                return Err(Error::Userinfo(
+                    "its sub differs from the ID token's sub".into(),
+                ));
+            }
+        }
+        let text = |key: &str| info.get(key).and_then(Value::as_str).map(str::to_owned);
+        if claims.preferred_username.is_none() {
+            claims.preferred_username = text("preferred_username");
+        }
+        if claims.email.is_none() {
+            claims.email = text("email");
+        }
+        if claims.groups.is_none() {
+            claims.groups = info.get(&self.config().groups_claim).cloned();
+        }
+        Ok(())
+    }
+}
+
+/// The payload of a JWT whose signature has already been verified, for
+/// claims the typed parser does not know (the configurable groups claim).
+fn payload(jwt: &str) -> Map<String, Value> {
+    jwt.split('.')
+        .nth(1)
+        .and_then(|p| URL_SAFE_NO_PAD.decode(p).ok())
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+fn verification_error(error: openidconnect::ClaimsVerificationError) -> Error {
+    match error {
+        openidconnect::ClaimsVerificationError::InvalidNonce(_) => Error::Nonce,
+        other => Error::IdToken(other.to_string()),
+    }
+}
+
+fn exchange_error<RE: std::error::Error + 'static>(
+    error: RequestTokenError<RE, openidconnect::StandardErrorResponse<CoreErrorResponseType>>,
+) -> Error {
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            let kind = response.error().to_string();
+            let detail = response
+                .error_description()
+                .map(|d| format!("{kind} ({d})"))
+                .unwrap_or(kind);
+            match response.error() {
+                CoreErrorResponseType::InvalidGrant => Error::CodeRejected(detail),
+                CoreErrorResponseType::InvalidClient
+                | CoreErrorResponseType::UnauthorizedClient => Error::ClientRejected(detail),
+                _ => Error::Exchange(detail),
+            }
+        }
+        RequestTokenError::Request(e) => Error::Exchange(chain(&e)),
+        // The body may contain tokens: name the parse failure only.
+        RequestTokenError::Parse(e, _body) => Error::Exchange(format!(
+            "unreadable token response at `{}` ({:?} error)",
+            e.path(),
+            e.inner().classify()
+        )),
+        RequestTokenError::Other(text) => Error::Exchange(text),
+    }
+}
+
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
