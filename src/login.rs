@@ -99,7 +99,7 @@ impl Logins {
         let mut jar = CookieJar::new();
         for value in headers.get_all(header::COOKIE) {
             let Ok(text) = value.to_str() else { continue };
-            for cookie in Cookie::split_parse(text).flatten() {
+            for cookie in Cookie::split_parse_encoded(text).flatten() {
                 jar.add_original(cookie.into_owned());
             }
         }

@@ -107,7 +107,7 @@ async fn login_as_switches_the_user_and_groups_keep_their_shape() {
     let provider = Provider::start(opts).await;
     let rp = RelyingParty::discover(&provider, AuthType::BasicAuth).await;
 
-    provider.login_as("sub-bob");
+    provider.login_as("bob");
     let login = rp.login().await.expect("code exchange succeeds");
     let claims = login
         .claims(&rp.client.id_token_verifier())
@@ -496,6 +496,28 @@ async fn end_session_records_the_request_and_redirects_back() {
     let plain = browser.get(&end_session).await;
     assert_eq!(plain.status, 200);
     assert_eq!(plain.text(), "signed out");
+}
+
+#[tokio::test]
+async fn dropped_fakes_stop_serving() {
+    let provider = Provider::start(ProviderOptions::default()).await;
+    let upstream = Upstream::start().await;
+    let discovery = format!("{}.well-known/openid-configuration", provider.issuer());
+    let echo = upstream.url();
+    let browser = Browser::new();
+    assert_eq!(browser.fetch(&discovery).await.status, 200);
+    assert_eq!(browser.fetch(&echo).await.status, 200);
+
+    drop(provider);
+    drop(upstream);
+
+    // A fresh client, so no pooled connection can hide a closed listener.
+    let empty = Browser::new();
+    let none = [];
+    let down = empty.try_request(Method::GET, &discovery, &none, "").await;
+    assert!(down.is_err(), "the provider still answered: {down:?}");
+    let down = empty.try_request(Method::GET, &echo, &none, "").await;
+    assert!(down.is_err(), "the upstream still answered: {down:?}");
 }
 
 // === upstream ===

@@ -191,12 +191,13 @@ impl Provider {
         self.shared.opts.client_secret.clone()
     }
 
-    /// Chooses who the next authorizations sign in, by `preferred_username` or `sub`.
+    /// Chooses who the next authorizations sign in: `name` is matched against each user's
+    /// `sub`, `preferred_username`, `email`, and the part of the email before `@`.
     pub fn login_as(&self, name: &str) {
         let users = &self.shared.opts.users;
         let index = users
             .iter()
-            .position(|u| u.sub == name || u.preferred_username.as_deref() == Some(name))
+            .position(|user| user.answers_to(name))
             .unwrap_or_else(|| panic!("the fake provider has no user {name:?}"));
         self.shared.state().login_as = index;
     }
@@ -283,6 +284,20 @@ impl Default for ProviderOptions {
 // === impl User ===
 
 impl User {
+    fn answers_to(&self, name: &str) -> bool {
+        let email = self.email.as_deref();
+        let local_part = email
+            .and_then(|e| e.split_once('@'))
+            .map(|(local, _)| local);
+        [
+            Some(self.sub.as_str()),
+            self.preferred_username.as_deref(),
+            email,
+            local_part,
+        ]
+        .contains(&Some(name))
+    }
+
     /// The claims userinfo reports for this user.
     fn userinfo(&self) -> Value {
         let mut claims = json!({ "sub": self.sub });
@@ -348,6 +363,8 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::R
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            // Shutdown first, so nothing is accepted once the handle is gone.
+            biased;
             _ = stopped.changed() => break,
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => {

@@ -90,6 +90,8 @@ async fn serve(
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            // Shutdown first, so nothing is accepted once the handle is gone.
+            biased;
             _ = stopped.changed() => break,
             Some(_) = connections.join_next() => {}
             accepted = listener.accept() => {

@@ -1,0 +1,12 @@
+//! billguard's integration tests: one binary, the real server on loopback
+
+// Support modules are shared by every test file, so not every helper is used
+// by each, and `pub` there means "for the tests".
+#![allow(dead_code, unreachable_pub)]
+//! between a fake provider and an echo app.
+
+mod cli;
+mod failures;
+mod forwarding;
+mod login;
+mod support;

@@ -1,0 +1,7 @@
+//! Builders for the integration tests: a fake provider, an echo app, a
+//! browser-like client, and the real billguard server between them.
+
+pub mod browser;
+pub mod provider;
+pub mod stack;
+pub mod upstream;

@@ -1,0 +1,179 @@
+//! The whole arrangement a test runs against: the fake provider, the echo
+//! app, and the real billguard server on ephemeral loopback ports, with
+//! billguard configured through a real configuration file.
+
+use std::io::Write as _;
+
+use billguard::config::{self, Inputs};
+use billguard::server::{self, Running};
+use tokio::net::TcpListener;
+
+use super::browser::{Browser, Navigation};
+use super::provider::{AuthMethod, Provider, ProviderOptions};
+use super::upstream::Upstream;
+
+pub const ADMIN_GROUP: &str = "bill-tracker-admins";
+pub const CALLBACK_PATH: &str = "/api/auth/oidc/callback";
+
+/// How to set the arrangement up.
+pub struct StackOptions {
+    pub provider: ProviderOptions,
+    /// Extra TOML appended to the generated configuration; a `[table]`
+    /// written here must not repeat one the stack writes (`[oidc]`,
+    /// `[session]`).
+    pub extra_toml: String,
+    /// Extra lines inside `[oidc]`.
+    pub oidc_toml: String,
+    /// Overrides the upstream URL (to point at a closed port, say).
+    pub upstream_url: Option<String>,
+    /// The provider answers 503 when billguard starts.
+    pub provider_down_at_start: bool,
+    pub admin_group: Option<&'static str>,
+}
+
+pub struct Stack {
+    pub provider: Provider,
+    pub upstream: Upstream,
+    pub proxy: Running,
+    pub base: String,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            provider: ProviderOptions::default(),
+            extra_toml: String::new(),
+            oidc_toml: String::new(),
+            upstream_url: None,
+            provider_down_at_start: false,
+            admin_group: Some(ADMIN_GROUP),
+        }
+    }
+}
+
+// === impl Stack ===
+
+impl Stack {
+    pub async fn start() -> Stack {
+        Stack::with(StackOptions::default()).await
+    }
+
+    pub async fn with(opts: StackOptions) -> Stack {
+        trace_init();
+        let provider = Provider::start(opts.provider.clone()).await;
+        if opts.provider_down_at_start {
+            provider.misbehave(super::provider::Misbehave::Unavailable);
+        }
+        let upstream = Upstream::start().await;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy port");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+
+        let method = match opts.provider.auth_method {
+            AuthMethod::Basic => "client_secret_basic",
+            AuthMethod::Post => "client_secret_post",
+        };
+        let toml = format!(
+            r#"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+upstream_timeout = "2s"
+
+[oidc]
+provider_name = "Test provider"
+issuer_url = "{issuer}"
+client_id = "{client_id}"
+client_secret = "{client_secret}"
+token_auth_method = "{method}"
+redirect_uri = "{base}{CALLBACK_PATH}"
+scopes = "openid email profile groups"
+{admin_group}
+{oidc_extra}
+
+[session]
+secret = "a-test-secret-that-is-long-enough-for-the-key"
+{extra}
+"#,
+            upstream = opts.upstream_url.clone().unwrap_or_else(|| upstream.url()),
+            issuer = provider.issuer(),
+            client_id = provider.client_id(),
+            client_secret = provider.client_secret(),
+            oidc_extra = opts.oidc_toml,
+            admin_group = opts
+                .admin_group
+                .map(|g| format!("admin_group = \"{g}\""))
+                .unwrap_or_default(),
+            extra = opts.extra_toml,
+        );
+        let mut file = tempfile::NamedTempFile::new().expect("temp config file");
+        file.write_all(toml.as_bytes()).expect("write config");
+
+        let inputs = Inputs {
+            file: Some(file.path().to_owned()),
+            ..Inputs::default()
+        };
+        let loaded = config::load(&inputs).unwrap_or_else(|p| panic!("test config rejected:\n{p}"));
+        let proxy = server::start(loaded.config, listener).expect("start billguard");
+        if !opts.provider_down_at_start {
+            proxy.wait_ready().await;
+        }
+        Stack {
+            provider,
+            upstream,
+            proxy,
+            base,
+            _config: file,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Signs `user` in through the whole redirect dance, starting at `path`.
+    pub async fn login(&self, browser: &Browser, user: &str, path: &str) -> Navigation {
+        self.provider.login_as(user);
+        browser.navigate(&self.url(path)).await
+    }
+
+    /// The name of the session cookie (plain http on loopback: no prefix).
+    pub fn session_cookie(&self) -> &'static str {
+        "billguard_session"
+    }
+}
+
+/// Routes billguard's logs into the test output, so a failing test shows
+/// what the proxy said.
+pub fn trace_init() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter("billguard=debug")
+        .try_init();
+}
+
+/// The headers the echo app received, as (name, value) pairs.
+pub fn seen_headers(echo: &serde_json::Value) -> Vec<(String, String)> {
+    echo["headers"]
+        .as_array()
+        .expect("echo has headers")
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Every value of a header the echo app received (names compared
+/// case-insensitively).
+pub fn seen(echo: &serde_json::Value, name: &str) -> Vec<String> {
+    seen_headers(echo)
+        .into_iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v)
+        .collect()
+}
