@@ -481,11 +481,9 @@ async fn end_session_records_the_request_and_redirects_back() {
     let browser = Browser::new();
     let end_session = format!("{}/application/o/bill-tracker/end-session/", provider.url());
 
-    let back = browser
-        .get(&format!(
-            "{end_session}?id_token_hint=tok&post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fbye&state=xyz"
-        ))
-        .await;
+    let back_to = "post_logout_redirect_uri=http%3A%2F%2F127.0.0.1%3A9%2Fbye";
+    let query = format!("id_token_hint=tok&{back_to}&state=xyz");
+    let back = browser.get(&format!("{end_session}?{query}")).await;
     assert_eq!(back.status, 302);
     assert_eq!(back.location(), Some("http://127.0.0.1:9/bye?state=xyz"));
     let recorded = provider

@@ -169,7 +169,8 @@ impl Provider {
         }
     }
 
-    /// The issuer, with Authentik's trailing slash: `http://127.0.0.1:<port>/application/o/bill-tracker/`.
+    /// The issuer, with Authentik's trailing slash:
+    /// `http://127.0.0.1:<port>/application/o/bill-tracker/`.
     pub fn issuer(&self) -> String {
         self.shared.issuer.clone()
     }
