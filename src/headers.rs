@@ -124,7 +124,7 @@ impl Rewriter {
             .keys()
             .filter(|name| {
                 let folded = fold(name.as_str());
-                self.folded.iter().any(|f| *f == folded)
+                self.folded.contains(&folded)
             })
             .cloned()
             .collect();

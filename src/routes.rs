@@ -231,7 +231,8 @@ mod tests {
     #[test]
     fn navigations_are_told_from_scripts() {
         let html = ("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
-        let cases: &[(Method, &[(&str, &str)], bool)] = &[
+        type Case<'a> = (Method, &'a [(&'a str, &'a str)], bool);
+        let cases: &[Case] = &[
             (
                 Method::GET,
                 &[

@@ -145,12 +145,12 @@ impl Provider {
 
         // Providers that keep claims out of the ID token serve them at
         // userinfo (OIDC Core §5.3); its `sub` must be the same user.
-        if claims.email.is_none() || claims.groups.is_none() || claims.preferred_username.is_none()
-        {
-            if let Some(url) = &found.userinfo {
-                self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
-                    .await?;
-            }
+        let incomplete = claims.email.is_none()
+            || claims.groups.is_none()
+            || claims.preferred_username.is_none();
+        if incomplete && let Some(url) = &found.userinfo {
+            self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
+                .await?;
         }
         Ok(Completed {
             claims,
