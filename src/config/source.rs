@@ -127,7 +127,10 @@ const CLI_ENV: &[&str] = &["BILLGUARD_CONFIG", "BILLGUARD_LOG_FORMAT", "BILLGUAR
 
 impl Inputs {
     /// Inputs from the real process environment.
-    #[allow(clippy::disallowed_methods, reason = "the one place that reads the environment")]
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one place that reads the environment"
+    )]
     pub fn from_process(file: Option<PathBuf>) -> Self {
         let env = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
@@ -586,7 +589,12 @@ impl Reader {
                 }
             }
         }
-        self.record(key, items.join(" "), &origin);
+        let shown = if items.is_empty() {
+            "(none)".to_owned()
+        } else {
+            items.join(" ")
+        };
+        self.record(key, shown, &origin);
         (!failed).then_some(parsed)
     }
 
