@@ -272,7 +272,11 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
     for name in listed {
-        headers.remove(name);
+        // `Host` is end-to-end; a client listing it must not make the app
+        // see the upstream's authority instead.
+        if name != header::HOST {
+            headers.remove(name);
+        }
     }
     for name in HOP_BY_HOP {
         headers.remove(name);
@@ -385,6 +389,16 @@ mod tests {
         assert_eq!(h["x-forwarded-role"], "admin");
         assert!(h.get("x-app").is_none());
         assert!(h.get(header::CONNECTION).is_none());
+    }
+
+    #[test]
+    fn connection_cannot_remove_host() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("bills.example.com"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("host"));
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
+        assert_eq!(h[header::HOST], "bills.example.com");
+        assert_eq!(h["x-forwarded-host"], "bills.example.com");
     }
 
     #[test]
