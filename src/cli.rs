@@ -43,6 +43,10 @@ pub enum Command {
     /// Print the effective configuration, each value with its source
     /// (secrets masked), and exit 2 if it has problems.
     Config(ServeArgs),
+    /// Try billguard in one command: a built-in demo OpenID provider and a
+    /// stand-in app, with billguard between them, all on loopback. Never for
+    /// production; ignores --config and the environment's settings.
+    Demo(DemoArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +58,13 @@ pub struct ServeArgs {
     /// URL of the app; beats `upstream` in the file.
     #[arg(long, value_name = "URL")]
     pub upstream: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Loopback address billguard listens on (port 0 picks a free one).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:4180")]
+    pub listen: std::net::SocketAddr,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

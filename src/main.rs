@@ -4,9 +4,9 @@
 
 use std::process::ExitCode;
 
-use billguard::cli::{Cli, Command, ServeArgs};
+use billguard::cli::{Cli, Command, DemoArgs, ServeArgs};
 use billguard::config::{self, Inputs, Loaded};
-use billguard::{server, telemetry};
+use billguard::{demo, server, telemetry};
 use clap::Parser;
 
 const EXIT_RUNTIME: u8 = 1;
@@ -27,6 +27,32 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(cli.config, args),
         Command::Config(args) => print_config(cli.config, args),
+        Command::Demo(args) => run_demo(args),
+    }
+}
+
+fn run_demo(args: DemoArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    match runtime.block_on(demo::run(args.listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("billguard demo: {error}");
+            let code = if error.is_usage() {
+                EXIT_CONFIG
+            } else {
+                EXIT_RUNTIME
+            };
+            ExitCode::from(code)
+        }
     }
 }
 

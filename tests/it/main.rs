@@ -6,6 +6,7 @@
 //! between a fake provider and an echo app.
 
 mod cli;
+mod demo;
 mod failures;
 mod forwarding;
 mod login;
