@@ -90,12 +90,19 @@ export async function start({ toml, ready = true, name = 'billguard' }) {
     configPath,
     child,
     logs: () => lines.join('\n'),
-    /// Resolves with the first log line (past or future) matching `pattern`.
-    waitForLog(pattern) {
-      const seen = lines.find((l) => pattern.test(l));
-      if (seen) return Promise.resolve(seen);
+    /// How many log lines so far match `pattern`.
+    countLog(pattern) {
+      return lines.filter((l) => pattern.test(l)).length;
+    },
+    /// Resolves with the `occurrence`-th log line (past or future) matching
+    /// `pattern`.
+    waitForLog(pattern, occurrence = 1) {
+      const seen = lines.filter((l) => pattern.test(l));
+      if (seen.length >= occurrence) return Promise.resolve(seen[occurrence - 1]);
+      let remaining = occurrence - seen.length;
+      const counting = { test: (line) => pattern.test(line) && --remaining === 0 };
       return Promise.race([
-        new Promise((resolve) => waiters.push({ pattern, resolve })),
+        new Promise((resolve) => waiters.push({ pattern: counting, resolve })),
         exited.then(({ code, signal }) => {
           throw new Error(`${name} exited (code ${code}, signal ${signal}) before logging ${pattern}:\n${instance.logs()}`);
         }),
@@ -112,9 +119,9 @@ export async function start({ toml, ready = true, name = 'billguard' }) {
   return instance;
 }
 
-/// Runs a billguard subcommand to completion.
-export function run(args) {
-  const out = spawnSync(BIN, args, { encoding: 'utf8' });
+/// Runs a billguard subcommand to completion, with `input` on stdin.
+export function run(args, input) {
+  const out = spawnSync(BIN, args, { encoding: 'utf8', input });
   return { status: out.status, stdout: out.stdout, stderr: out.stderr };
 }
 
