@@ -47,6 +47,20 @@ pub enum Command {
     /// stand-in app, with billguard between them, all on loopback. Never for
     /// production; ignores --config and the environment's settings.
     Demo(DemoArgs),
+    /// Show which `[[routes]]` rule a request meets, on which normalized
+    /// path, and what billguard does with it.
+    Routes(RoutesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RoutesArgs {
+    /// The request method, such as GET.
+    #[arg(value_name = "METHOD")]
+    pub method: String,
+
+    /// The request path, optionally with a query: `/admin/users?page=2`.
+    #[arg(value_name = "PATH")]
+    pub path: String,
 }
 
 #[derive(Debug, clap::Args)]

@@ -32,6 +32,11 @@ pub const DEFAULT_USER_HEADER: &str = "X-Forwarded-User";
 pub const DEFAULT_EMAIL_HEADER: &str = "X-Forwarded-Email";
 pub const DEFAULT_GROUPS_HEADER: &str = "X-Forwarded-Groups";
 pub const DEFAULT_ROLE_HEADER: &str = "X-Forwarded-Role";
+pub const DEFAULT_INTROSPECTION_CACHE: &str = "30s";
+pub const DEFAULT_STATEMENT_HEADER: &str = "X-Billguard-Statement";
+pub const DEFAULT_STATEMENT_TTL: &str = "60s";
+pub const DEFAULT_STATEMENT_AUDIENCE: &str = "billtracker";
+pub const DEFAULT_STATEMENT_ALG: &str = "ES256";
 
 /// Shortest accepted `session.secret`, in bytes: the key derivation needs 256
 /// bits of input.
@@ -45,6 +50,11 @@ pub struct Config {
     pub session: Session,
     pub headers: Headers,
     pub local_login: LocalLogin,
+    /// `[[routes]]`, compiled, in order.
+    pub routes: crate::policy::Routes,
+    pub bearer: Bearer,
+    pub statement: Statement,
+    pub access_token: AccessToken,
 }
 
 /// Where the app listens. Only plain HTTP: the app runs in the same pod and is
@@ -74,6 +84,9 @@ pub struct Oidc {
     pub id_token_algs: Vec<String>,
     /// Where the provider sends the browser after sign-out.
     pub post_logout_redirect_uri: Url,
+    /// When not empty, only members of one of these groups (or of the admin
+    /// group) are admitted.
+    pub allowed_groups: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +126,43 @@ pub struct LocalLogin {
     pub users_file: Option<PathBuf>,
     /// Users admitted when `oidc.auto_provision` is off.
     pub users: Vec<KnownUser>,
+}
+
+/// API clients that send `Authorization: Bearer <token>` instead of a
+/// session cookie.
+#[derive(Clone, Debug)]
+pub struct Bearer {
+    pub enabled: bool,
+    /// A token's `aud` must contain one of these (default: the client ID).
+    pub audiences: Vec<String>,
+    /// Where opaque (non-JWT) tokens are checked (RFC 7662); without it they
+    /// are refused.
+    pub introspection_url: Option<Url>,
+    /// How long an introspection answer is reused.
+    pub introspection_cache: Duration,
+    /// Pass the client's `Authorization` header on to the app.
+    pub forward_authorization: bool,
+}
+
+/// The signed statement of who the user is, for the app to verify.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    /// `None` when no statement is sent.
+    pub signer: Option<std::sync::Arc<crate::statement::Signer>>,
+    pub header: HeaderName,
+    pub ttl: Duration,
+    /// `iss` of the statement: the origin users reach billguard at.
+    pub issuer: String,
+    /// `aud` of the statement.
+    pub audience: String,
+}
+
+/// Forwarding the user's access token to the app.
+#[derive(Clone, Debug)]
+pub struct AccessToken {
+    pub forward: bool,
+    /// `Authorization` gets `Bearer <token>`; any other header the bare token.
+    pub header: HeaderName,
 }
 
 /// One entry of the users file.

@@ -9,6 +9,9 @@
 //!   it, compared exactly and case-sensitively. No admin group, no admins.
 //! - With auto-provisioning off, only users listed in the users file (by
 //!   email or username, case-insensitively) are admitted.
+//! - With allowed groups set, only members of one of them are admitted;
+//!   members of the admin group always are. Compared exactly, like the
+//!   admin group.
 
 use serde::Serialize;
 use serde_json::Value;
@@ -48,6 +51,8 @@ pub struct Policy {
     pub admin_group: Option<String>,
     pub auto_provision: bool,
     pub users: Vec<KnownUser>,
+    /// Empty: everyone the provider authenticates may come in.
+    pub allowed_groups: Vec<String>,
 }
 
 /// Why a user was turned away.
@@ -55,6 +60,8 @@ pub struct Policy {
 pub enum Refusal {
     #[error("user {user} is not in the users file and auto-provisioning is off")]
     NotProvisioned { user: String },
+    #[error("user {user} is in none of the allowed groups")]
+    NotAllowed { user: String },
 }
 
 /// The explanation `/_billguard/whoami` gives for a role.
@@ -86,6 +93,12 @@ impl Policy {
             Some(admin) if groups.iter().any(|g| g == admin) => Role::Admin,
             _ => Role::User,
         };
+        let allowed = self.allowed_groups.is_empty()
+            || role == Role::Admin
+            || groups.iter().any(|g| self.allowed_groups.contains(g));
+        if !allowed {
+            return Err(Refusal::NotAllowed { user });
+        }
         Ok(Identity {
             subject: claims.subject,
             user,
@@ -160,6 +173,7 @@ mod tests {
             admin_group: admin.map(str::to_owned),
             auto_provision: true,
             users: Vec::new(),
+            allowed_groups: Vec::new(),
         }
     }
 
@@ -235,6 +249,36 @@ mod tests {
             p.admit(eve),
             Err(Refusal::NotProvisioned { user: "eve".into() })
         );
+    }
+
+    #[test]
+    fn allowed_groups_admit_members_and_admins_only() {
+        let mut p = policy(Some("admins"));
+        p.allowed_groups = vec!["bill-tracker-users".into(), "family".into()];
+        let cases = [
+            (json!(["family"]), true),
+            (json!(["staff", "bill-tracker-users"]), true),
+            (json!(["admins"]), true),
+            (json!(["Family", "bill-tracker-users-x"]), false),
+            (json!([]), false),
+            (json!(null), false),
+        ];
+        for (groups, admitted) in cases {
+            let got = p.admit(claims(groups.clone()));
+            if admitted {
+                assert!(got.is_ok(), "{groups}");
+            } else {
+                assert_eq!(
+                    got,
+                    Err(Refusal::NotAllowed {
+                        user: "alice".into()
+                    }),
+                    "{groups}"
+                );
+            }
+        }
+        p.allowed_groups.clear();
+        assert!(p.admit(claims(json!([]))).is_ok(), "no list, no limit");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! exists so integration tests can start the real server.
 
 pub mod app;
+pub mod bearer;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -14,8 +15,10 @@ pub mod identity;
 pub mod login;
 pub mod oidc;
 pub mod pages;
+pub mod policy;
 pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod session;
+pub mod statement;
 pub mod telemetry;

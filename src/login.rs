@@ -273,15 +273,13 @@ async fn complete(app: &App, code: &str, pending: &Pending) -> Response<Body> {
 
     let identity = match app.policy.admit(completed.claims) {
         Ok(identity) => identity,
-        Err(refusal @ Refusal::NotProvisioned { .. }) => {
-            let Refusal::NotProvisioned { user } = &refusal;
-            tracing::warn!(target: "billguard::auth", outcome = "refused", reason = "not_provisioned", %user, "Login refused");
-            return Failure::new(
-                StatusCode::FORBIDDEN,
-                "Not provisioned",
-                "Your account is not set up for this service. Ask an administrator to add you.",
-            )
-            .into_response(true);
+        Err(refusal) => {
+            let (reason, user) = match &refusal {
+                Refusal::NotProvisioned { user } => ("not_provisioned", user),
+                Refusal::NotAllowed { user } => ("not_in_allowed_groups", user),
+            };
+            tracing::warn!(target: "billguard::auth", outcome = "refused", reason, %user, "Login refused");
+            return Failure::refused(&refusal).into_response(true);
         }
     };
 
@@ -293,9 +291,11 @@ async fn complete(app: &App, code: &str, pending: &Pending) -> Response<Body> {
         groups = identity.groups.len(),
         "Login succeeded"
     );
+    // The access token is kept only when the app is to receive it.
+    let access_token = app.access_token.forward.then_some(completed.access_token);
     let id = app
         .sessions
-        .create(identity, Some(completed.id_token))
+        .create_with(identity, Some(completed.id_token), access_token)
         .await;
     let mut res = respond::redirect(&pending.return_to);
     res.headers_mut()

@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use billguard::cli::{Cli, Command, DemoArgs, ServeArgs};
+use billguard::cli::{Cli, Command, DemoArgs, RoutesArgs, ServeArgs};
 use billguard::config::{self, Inputs, Loaded};
 use billguard::{demo, server, telemetry};
 use clap::Parser;
@@ -27,6 +27,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve(args) => serve(cli.config, args),
         Command::Config(args) => print_config(cli.config, args),
+        Command::Routes(args) => print_route(cli.config, args),
         Command::Demo(args) => run_demo(args),
     }
 }
@@ -110,6 +111,27 @@ fn print_config(file: Option<std::path::PathBuf>, args: ServeArgs) -> ExitCode {
     for warning in &loaded.warnings {
         eprintln!("warning: {warning}");
     }
+    ExitCode::SUCCESS
+}
+
+fn print_route(file: Option<std::path::PathBuf>, args: RoutesArgs) -> ExitCode {
+    let Ok(method) = hyper::Method::from_bytes(args.method.to_ascii_uppercase().as_bytes()) else {
+        eprintln!("billguard: `{}` is not an HTTP method", args.method);
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let no_flags = ServeArgs {
+        listen: None,
+        upstream: None,
+    };
+    let Some(loaded) = load(file, no_flags) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let cfg = &loaded.config;
+    let callback = cfg.oidc.redirect_uri.path();
+    print!(
+        "{}",
+        billguard::policy::explain(&cfg.routes, callback, method, &args.path)
+    );
     ExitCode::SUCCESS
 }
 

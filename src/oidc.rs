@@ -254,7 +254,7 @@ impl Provider {
 
     /// Refetches the JWKS after an unknown `kid`, at most once per interval.
     /// Returns whether new keys were loaded.
-    async fn refetch_jwks(&self) -> bool {
+    pub(crate) async fn refetch_jwks(&self) -> bool {
         let Some(current) = self.discovered() else {
             return false;
         };

@@ -17,6 +17,8 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
 
+use crate::bearer::Rejection;
+use crate::identity::Refusal;
 use crate::pages;
 
 /// Every response body billguard sends: the app's, streamed, or its own.
@@ -94,6 +96,32 @@ impl Failure {
         )
     }
 
+    /// The user signed in at the provider but may not use this service. The
+    /// page names no group or rule: those are for the log.
+    pub fn refused(refusal: &Refusal) -> Self {
+        match refusal {
+            Refusal::NotProvisioned { .. } => Failure::new(
+                StatusCode::FORBIDDEN,
+                "Not provisioned",
+                "Your account is not set up for this service. Ask an administrator to add you.",
+            ),
+            Refusal::NotAllowed { .. } => Failure::new(
+                StatusCode::FORBIDDEN,
+                "Access not allowed",
+                "Your account may not use this service. Ask an administrator for access.",
+            ),
+        }
+    }
+
+    /// A signed-in user who is not an admin asked for an admin-only path.
+    pub fn admins_only() -> Self {
+        Failure::new(
+            StatusCode::FORBIDDEN,
+            "Admins only",
+            "This page is for administrators of this service.",
+        )
+    }
+
     /// Renders the failure for a browser page or a script.
     pub fn into_response(self, navigation: bool) -> Response<Body> {
         if navigation {
@@ -110,6 +138,36 @@ impl Failure {
             body["retry"] = json!(retry);
         }
         problem_json(self.status, &body)
+    }
+}
+
+/// A bearer token that was refused: 401 `invalid_token` (RFC 6750 §3.1)
+/// with a short reason, 403 for a user who may not come in, 503 when the
+/// token cannot be checked now. Never a redirect, never a page: the caller
+/// is a program.
+pub fn bearer_rejection(rejection: &Rejection) -> Response<Body> {
+    match rejection {
+        Rejection::Invalid(reason) => {
+            let mut res = problem_json(
+                StatusCode::UNAUTHORIZED,
+                &json!({
+                    "type": "about:blank",
+                    "title": "Invalid token",
+                    "status": 401,
+                    "detail": format!("The bearer token was not accepted: {reason}."),
+                }),
+            );
+            let challenge = format!(
+                "Bearer realm=\"billguard\", error=\"invalid_token\", error_description=\"{reason}\""
+            );
+            // The reasons are fixed ASCII strings without quotes.
+            if let Ok(value) = HeaderValue::try_from(challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, value);
+            }
+            res
+        }
+        Rejection::Refused(refusal) => Failure::refused(refusal).into_response(false),
+        Rejection::Unavailable(_) => Failure::provider_unavailable().into_response(false),
     }
 }
 

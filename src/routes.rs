@@ -1,20 +1,30 @@
 //! What happens to a request, from arrival to response.
 //!
-//! 1. **Own paths.** The callback (the path of `oidc.redirect_uri`) and
+//! 1. **Path.** The path is normalized (see `policy::path`); an ambiguous
+//!    spelling such as `%2F` is a 400. Everything below sees the normalized
+//!    path, and the app receives it re-encoded.
+//! 2. **Own paths.** The callback (the path of `oidc.redirect_uri`) and
 //!    everything under `/_billguard/` are served here and never reach the
 //!    app; an unknown `/_billguard/` path is a 404.
-//! 2. **Session.** Any other path needs a session, looked up by the
-//!    session cookie.
-//! 3. **No session.** A browser navigation is sent to the provider and comes
-//!    back to the same page after login; a script (fetch, XHR, API client)
-//!    gets 401 `application/problem+json` with the sign-in URL, never a
-//!    redirect it cannot follow.
-//! 4. **Rewrite.** Hop-by-hop headers, look-alike identity headers and
+//! 3. **Rules.** The first `[[routes]]` rule that matches the method and
+//!    path decides: `public`, `authenticated` (also when none matches) or
+//!    `admin` (see `policy`).
+//! 4. **Credentials.** A public path needs none. Any other needs a session,
+//!    found by the session cookie, or else a valid `Authorization: Bearer`
+//!    token (see `bearer`); a refused token is a 401 `invalid_token`.
+//! 5. **No credentials.** A browser navigation is sent to the provider and
+//!    comes back to the same page after login; a script (fetch, XHR, API
+//!    client) gets 401 `application/problem+json` with the sign-in URL,
+//!    never a redirect it cannot follow.
+//! 6. **Role.** An admin path for anyone but an admin is a 403.
+//! 7. **Rewrite.** Hop-by-hop headers, look-alike identity headers and
 //!    billguard's cookies go; `X-Forwarded-*` and the identity headers are
-//!    set (see `headers`).
-//! 5. **Forward.** The request streams to the app; its response streams
+//!    set (see `headers`). `Authorization` goes unless
+//!    `bearer.forward_authorization`; the access token and the signed
+//!    statement are added when configured (see `statement`).
+//! 8. **Forward.** The request streams to the app; its response streams
 //!    back, or an upgrade is spliced (see `forward`).
-//! 6. **Log.** One access-log line per request on `billguard::access`.
+//! 9. **Log.** One access-log line per request on `billguard::access`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -25,10 +35,13 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::app::App;
+use crate::bearer::{self, Credential};
 use crate::forward;
-use crate::headers::Peer;
+use crate::headers::{IdentityValues, Peer};
 use crate::health;
+use crate::identity::{Identity, Role};
 use crate::login::{self, safe_return_to, start_href};
+use crate::policy::{self, Access, Normalized};
 use crate::respond::{self, Body, Failure};
 use crate::session::Session;
 
@@ -40,7 +53,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Respon
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
 
-    let (res, session) = route(&app, req, peer).await;
+    let (res, caller) = route(&app, req, peer).await;
 
     tracing::info!(
         target: "billguard::access",
@@ -48,19 +61,30 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Respon
         path,
         status = res.status().as_u16(),
         latency_us = started.elapsed().as_micros() as u64,
-        user = session.as_ref().map(|s| s.identity.user.as_str()).unwrap_or("-"),
+        user = caller.as_ref().map(|c| c.identity().user.as_str()).unwrap_or("-"),
         client = %peer.ip,
     );
     res
 }
 
-async fn route(
-    app: &App,
-    req: Request<Incoming>,
-    peer: Peer,
-) -> (Response<Body>, Option<Arc<Session>>) {
-    let path = req.uri().path();
+/// Whom a request was served for.
+enum Caller {
+    Session(Arc<Session>),
+    /// An API client, with the token it sent.
+    Bearer(Arc<bearer::Caller>, String),
+}
+
+async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>, Option<Caller>) {
     let navigation = is_navigation(&req);
+    let normalized = match policy::normalize(req.uri().path()) {
+        Ok(normalized) => normalized,
+        Err(error) => {
+            tracing::debug!(%error, "Request path refused");
+            let failure = Failure::bad_request("This address cannot be served.");
+            return (failure.into_response(navigation), None);
+        }
+    };
+    let path = normalized.decoded.as_str();
 
     if path == app.callback_path {
         if !is_read(req.method()) {
@@ -72,9 +96,10 @@ async fn route(
         );
     }
     if let Some(endpoint) = path.strip_prefix(OWN_PREFIX) {
-        return own(app, endpoint, &req, navigation).await;
+        let (res, session) = own(app, endpoint, &req, navigation).await;
+        return (res, session.map(Caller::Session));
     }
-    proxy(app, req, peer, navigation).await
+    proxy(app, req, peer, navigation, normalized).await
 }
 
 /// billguard's own endpoints, listed in the module doc of each handler.
@@ -105,30 +130,78 @@ async fn own(
             login::start(app, headers, return_to.as_deref().unwrap_or("/")).await
         }
         "sign_out" if read || req.method() == Method::POST => login::sign_out(app, headers).await,
-        "health" | "ready" | "whoami" | "start" | "sign_out" => method_not_allowed(),
+        "jwks.json" if read => match app.statements.signer() {
+            Some(signer) => respond::json(StatusCode::OK, &signer.jwks()),
+            None => Failure::not_found().into_response(navigation),
+        },
+        "health" | "ready" | "whoami" | "start" | "sign_out" | "jwks.json" => method_not_allowed(),
         _ => Failure::not_found().into_response(navigation),
     };
     (res, None)
 }
 
-/// Everything that is not billguard's goes to the app, with a session.
+/// Everything that is not billguard's goes to the app, as the rules say.
 async fn proxy(
     app: &App,
     mut req: Request<Incoming>,
     peer: Peer,
     navigation: bool,
-) -> (Response<Body>, Option<Arc<Session>>) {
-    let Some((_, session)) = app.sessions.lookup(req.headers()).await else {
-        return (unauthenticated(app, &req, navigation).await, None);
+    normalized: Normalized,
+) -> (Response<Body>, Option<Caller>) {
+    let decision = app.routes.decide(req.method(), &normalized.decoded);
+    set_path(&mut req, &normalized.encoded);
+
+    let caller = match decision.access {
+        Access::Public => None,
+        Access::Authenticated | Access::Admin => match authenticate(app, &req, navigation).await {
+            Ok(caller) => Some(caller),
+            Err(res) => return (res, None),
+        },
     };
+    if decision.access == Access::Admin
+        && let Some(caller) = &caller
+        && caller.identity().role != Role::Admin
+    {
+        tracing::warn!(
+            target: "billguard::auth",
+            outcome = "refused",
+            reason = "admin_only",
+            user = %caller.identity().user,
+            rule = decision.rule.map(|(i, _)| i).unwrap_or_default(),
+            "Admin-only path refused"
+        );
+        return (
+            Failure::admins_only().into_response(navigation),
+            Some(caller.clone()),
+        );
+    }
 
     let upgrade = forward::requested_upgrade(&req);
+    let headers = req.headers_mut();
     app.rewriter.upstream_request(
-        req.headers_mut(),
+        headers,
         peer,
-        Some(&session.headers),
+        caller.as_ref().map(Caller::headers),
         upgrade.clone(),
     );
+    if !app.forward_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+    if app.access_token.forward
+        && let Some(token) = caller.as_ref().and_then(Caller::access_token)
+    {
+        let value = if app.access_token.header == header::AUTHORIZATION {
+            format!("Bearer {token}")
+        } else {
+            token.to_owned()
+        };
+        // Tokens are ASCII (RFC 6750 §2.1); anything else is not forwarded.
+        if let Ok(value) = header::HeaderValue::try_from(value) {
+            headers.insert(app.access_token.header.clone(), value);
+        }
+    }
+    app.statements
+        .apply(headers, caller.as_ref().map(|c| (c.identity(), c.kind())));
 
     let res = match app.upstream.forward(req, upgrade.clone()).await {
         Ok(mut res) => {
@@ -143,11 +216,67 @@ async fn proxy(
                 forward::Error::Target(_) => Failure::bad_request("This address cannot be served."),
                 _ => Failure::bad_gateway(),
             };
-            tracing::error!(%error, user = %session.identity.user, "Upstream request failed");
+            let user = caller
+                .as_ref()
+                .map(|c| c.identity().user.as_str())
+                .unwrap_or("-");
+            tracing::error!(%error, user, "Upstream request failed");
             failure.into_response(navigation)
         }
     };
-    (res, Some(session))
+    (res, caller)
+}
+
+/// A session wins; without one, a bearer token is checked. A session
+/// comes first so that an app whose own pages send their own
+/// `Authorization` header keeps working behind billguard.
+async fn authenticate(
+    app: &App,
+    req: &Request<Incoming>,
+    navigation: bool,
+) -> Result<Caller, Response<Body>> {
+    if let Some((_, session)) = app.sessions.lookup(req.headers()).await {
+        return Ok(Caller::Session(session));
+    }
+    let token = match bearer::credential(req.headers()) {
+        _ if !app.bearer.enabled() => None,
+        Credential::None => None,
+        Credential::Bearer(token) => Some(Ok(token)),
+        Credential::Malformed => Some(Err(bearer::Rejection::Invalid("malformed"))),
+    };
+    let Some(token) = token else {
+        return Err(unauthenticated(app, req, navigation).await);
+    };
+    let checked = match token {
+        Ok(token) => app
+            .bearer
+            .verify(token, &app.policy)
+            .await
+            .map(|caller| Caller::Bearer(caller, token.to_owned())),
+        Err(rejection) => Err(rejection),
+    };
+    checked.map_err(|rejection| {
+        let reason = match &rejection {
+            bearer::Rejection::Invalid(reason) => *reason,
+            bearer::Rejection::Refused(_) => "refused",
+            bearer::Rejection::Unavailable(_) => "unavailable",
+        };
+        tracing::warn!(target: "billguard::auth", outcome = "failure", reason, error = %rejection, "Bearer token refused");
+        respond::bearer_rejection(&rejection)
+    })
+}
+
+/// Points the request at the normalized path, keeping the query as sent.
+fn set_path(req: &mut Request<Incoming>, path: &str) {
+    let target = match req.uri().query() {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = target.parse().ok();
+    if let Ok(uri) = hyper::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
 }
 
 /// No session: browsers go to the provider, scripts get a 401.
@@ -175,7 +304,56 @@ async fn unauthenticated(app: &App, req: &Request<Incoming>, navigation: bool) -
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Cookie realm=\"billguard\""),
     );
+    if app.bearer.enabled() {
+        res.headers_mut().append(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"billguard\""),
+        );
+    }
     res
+}
+
+// === impl Caller ===
+
+impl Caller {
+    fn identity(&self) -> &Identity {
+        match self {
+            Caller::Session(session) => &session.identity,
+            Caller::Bearer(caller, _) => &caller.identity,
+        }
+    }
+
+    fn headers(&self) -> &IdentityValues {
+        match self {
+            Caller::Session(session) => &session.headers,
+            Caller::Bearer(caller, _) => &caller.headers,
+        }
+    }
+
+    /// The access token to forward: the session's, or the client's own.
+    fn access_token(&self) -> Option<&str> {
+        match self {
+            Caller::Session(session) => session.access_token.as_ref().map(|t| t.expose()),
+            Caller::Bearer(_, token) => Some(token),
+        }
+    }
+
+    /// How the caller authenticated, for the signed statement.
+    fn kind(&self) -> &'static str {
+        match self {
+            Caller::Session(_) => "session",
+            Caller::Bearer(..) => "bearer",
+        }
+    }
+}
+
+impl Clone for Caller {
+    fn clone(&self) -> Self {
+        match self {
+            Caller::Session(s) => Caller::Session(s.clone()),
+            Caller::Bearer(c, t) => Caller::Bearer(c.clone(), t.clone()),
+        }
+    }
 }
 
 /// A top-level browser navigation, told apart from scripted requests the

@@ -31,6 +31,10 @@ pub struct Session {
     pub headers: IdentityValues,
     /// The raw ID token, kept as `id_token_hint` for sign-out.
     pub id_token: Option<String>,
+    /// The provider's access token, kept only when `access_token.forward`
+    /// is on; the request path forwards whatever is here, so a token
+    /// refresh stores the new token by replacing the session.
+    pub access_token: Option<config::Secret>,
     pub created: SystemTime,
     expires: Instant,
 }
@@ -76,11 +80,22 @@ impl Store {
 
     /// Starts a session under a fresh id.
     pub async fn create(&self, identity: Identity, id_token: Option<String>) -> SessionId {
+        self.create_with(identity, id_token, None).await
+    }
+
+    /// Starts a session that also keeps the access token for forwarding.
+    pub async fn create_with(
+        &self,
+        identity: Identity,
+        id_token: Option<String>,
+        access_token: Option<String>,
+    ) -> SessionId {
         let id = SessionId(rand::random());
         let session = Session {
             headers: IdentityValues::new(&identity),
             identity,
             id_token,
+            access_token: access_token.map(config::Secret::new),
             created: SystemTime::now(),
             expires: Instant::now() + self.ttl,
         };

@@ -118,7 +118,25 @@ const KEYS: &[(&str, &[&str])] = &[
         &["user", "email", "groups", "role", "trusted_proxies"],
     ),
     ("local_login", &["enabled", "users_file"]),
+    (
+        "bearer",
+        &[
+            "enabled",
+            "audiences",
+            "introspection_url",
+            "introspection_cache",
+            "forward_authorization",
+        ],
+    ),
+    (
+        "statement",
+        &["enabled", "alg", "key_file", "header", "ttl", "audience"],
+    ),
+    ("access_token", &["forward", "header"]),
 ];
+
+/// The keys of one `[[routes]]` table.
+const ROUTE_KEYS: &[&str] = &["path", "methods", "access"];
 
 /// Environment variables that configure the CLI rather than a setting.
 const CLI_ENV: &[&str] = &["BILLGUARD_CONFIG", "BILLGUARD_LOG_FORMAT", "BILLGUARD_LOG"];
@@ -207,6 +225,10 @@ impl Reader {
         let session = self.session(oidc.as_ref(), warnings);
         let headers = self.headers();
         let local_login = self.local_login(oidc.as_ref());
+        let routes = self.routes(oidc.as_ref());
+        let bearer = self.bearer(oidc.as_ref());
+        let statement = self.statement(oidc.as_ref(), warnings);
+        let access_token = self.access_token();
 
         if let Some((value, origin)) = self.raw("metrics_listen") {
             self.problem(
@@ -227,6 +249,10 @@ impl Reader {
             session: session?,
             headers: headers?,
             local_login: local_login?,
+            routes: routes?,
+            bearer: bearer?,
+            statement: statement?,
+            access_token: access_token?,
         })
     }
 
@@ -277,15 +303,7 @@ impl Reader {
         let post_logout = self.optional("oidc.post_logout_redirect_uri", |s| {
             parse_browser_url(s, "the page the provider returns to after sign-out")
         });
-        if let Some((_, origin)) = self.raw("oidc.allowed_groups") {
-            self.problem(
-                "oidc.allowed_groups",
-                &origin,
-                "this version of billguard cannot limit sign-in by group; \
-                 remove the setting"
-                    .into(),
-            );
-        }
+        let allowed_groups = self.groups("oidc.allowed_groups");
 
         if let Some(scopes) = &scopes
             && !scopes.iter().any(|s| s == "openid")
@@ -321,6 +339,7 @@ impl Reader {
             groups_claim: groups_claim?,
             id_token_algs: id_token_algs?,
             post_logout_redirect_uri,
+            allowed_groups: allowed_groups?,
         })
     }
 
@@ -471,6 +490,269 @@ impl Reader {
             (None, false) => Vec::new(),
         };
         Some(LocalLogin { users_file, users })
+    }
+
+    /// `[[routes]]`: only from the file, compiled and checked in order.
+    fn routes(&mut self, oidc: Option<&Oidc>) -> Option<crate::policy::Routes> {
+        use crate::policy::{Access, Routes, Rule};
+
+        let Some((value, origin)) = self.raw("routes") else {
+            self.record("routes", "(none)".into(), &Origin::Default);
+            return Some(Routes::default());
+        };
+        let Value::Array(_, tables) = value else {
+            self.problem(
+                "routes",
+                &origin,
+                "must be a list of [[routes]] tables, each with `path` and `access`".into(),
+            );
+            return None;
+        };
+        let mut rules = Vec::with_capacity(tables.len());
+        let mut failed = false;
+        for (i, table) in tables.iter().enumerate() {
+            let at = format!("routes[{}]", i + 1);
+            let Value::Dict(_, dict) = table else {
+                self.problem(&at, &origin, "must be a [[routes]] table".into());
+                failed = true;
+                continue;
+            };
+            for key in dict.keys().filter(|k| !ROUTE_KEYS.contains(&k.as_str())) {
+                self.problem(
+                    &format!("{at}.{key}"),
+                    &origin,
+                    format!(
+                        "unknown setting; allowed in [[routes]]: {}",
+                        ROUTE_KEYS.join(", ")
+                    ),
+                );
+                failed = true;
+            }
+            let text = |key: &str| dict.get(key).and_then(value_text);
+            let Some(pattern) = text("path") else {
+                self.problem(
+                    &format!("{at}.path"),
+                    &origin,
+                    "is required: a regular expression for the whole path, such as \
+                     `/api/health` or `/static/.*`"
+                        .into(),
+                );
+                failed = true;
+                continue;
+            };
+            let access = match text("access").as_deref().map(Access::parse) {
+                Some(Ok(access)) => access,
+                Some(Err(e)) => {
+                    self.problem(&format!("{at}.access"), &origin, e.to_string());
+                    failed = true;
+                    continue;
+                }
+                None => {
+                    self.problem(
+                        &format!("{at}.access"),
+                        &origin,
+                        "is required; allowed: public, authenticated, admin".into(),
+                    );
+                    failed = true;
+                    continue;
+                }
+            };
+            let methods = match dict.get("methods") {
+                None => None,
+                Some(Value::Array(_, items)) => {
+                    match items.iter().map(value_text).collect::<Option<Vec<_>>>() {
+                        Some(names) => Some(names),
+                        None => {
+                            self.problem(
+                                &format!("{at}.methods"),
+                                &origin,
+                                "must be a list of method names such as [\"GET\", \"HEAD\"]".into(),
+                            );
+                            failed = true;
+                            continue;
+                        }
+                    }
+                }
+                Some(other) => value_text(other).map(|t| split_list(&t)),
+            };
+            let rule = Rule::new(&pattern, methods.as_deref(), access).and_then(|rule| {
+                let callback = oidc.map_or("/api/auth/oidc/callback", |o| o.redirect_uri.path());
+                rule.check_public(callback).map(|()| rule)
+            });
+            match rule {
+                Ok(rule) => rules.push(rule),
+                Err(e) => {
+                    let key = match e {
+                        crate::policy::RuleError::Method(_) => "methods",
+                        _ => "path",
+                    };
+                    self.problem(&format!("{at}.{key}"), &origin, e.to_string());
+                    failed = true;
+                }
+            }
+        }
+        let shown = rules
+            .iter()
+            .map(|r| format!("{} {} {}", r.methods_text(), r.pattern, r.access))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.record("routes", shown, &origin);
+        (!failed).then(|| Routes::new(rules))
+    }
+
+    fn bearer(&mut self, oidc: Option<&Oidc>) -> Option<Bearer> {
+        let enabled = self.parse("bearer.enabled", Some("true"), parse_bool);
+        let client_id = oidc.map(|o| o.client_id.clone()).unwrap_or_default();
+        let audiences = self.list("bearer.audiences", &client_id, parse_text);
+        let introspection_url = self.optional("bearer.introspection_url", |s| {
+            parse_browser_url(s, "the provider's token introspection endpoint")
+        });
+        let introspection_cache = self.parse(
+            "bearer.introspection_cache",
+            Some(DEFAULT_INTROSPECTION_CACHE),
+            parse_duration,
+        );
+        let forward_authorization =
+            self.parse("bearer.forward_authorization", Some("false"), parse_bool);
+        Some(Bearer {
+            enabled: enabled?,
+            audiences: audiences?,
+            introspection_url: introspection_url?,
+            introspection_cache: introspection_cache?,
+            forward_authorization: forward_authorization?,
+        })
+    }
+
+    fn statement(&mut self, oidc: Option<&Oidc>, warnings: &mut Vec<String>) -> Option<Statement> {
+        use crate::statement::{Alg, Signer};
+
+        let enabled = self.parse("statement.enabled", Some("false"), parse_bool);
+        let alg = self.parse("statement.alg", Some(DEFAULT_STATEMENT_ALG), Alg::parse);
+        let key_file = self.optional("statement.key_file", |s| Ok(PathBuf::from(s)));
+        let header = self.parse(
+            "statement.header",
+            Some(DEFAULT_STATEMENT_HEADER),
+            parse_header_name,
+        );
+        let ttl = self.parse("statement.ttl", Some(DEFAULT_STATEMENT_TTL), parse_duration);
+        let audience = self.parse(
+            "statement.audience",
+            Some(DEFAULT_STATEMENT_AUDIENCE),
+            parse_text,
+        );
+
+        let (enabled, alg, key_file) = (enabled?, alg?, key_file?);
+        let signer = match (enabled, &key_file) {
+            (false, _) => None,
+            (true, Some(path)) => {
+                let loaded = std::fs::read(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))
+                    .and_then(|pem| {
+                        Signer::from_pem(alg, &pem).map_err(|e| {
+                            format!(
+                                "{}: {e}; create one with `openssl genpkey -algorithm {}`",
+                                path.display(),
+                                match alg {
+                                    Alg::Es256 => "EC -pkeyopt ec_paramgen_curve:P-256",
+                                    Alg::EdDsa => "ed25519",
+                                }
+                            )
+                        })
+                    });
+                match loaded {
+                    Ok(signer) => Some(signer),
+                    Err(message) => {
+                        let origin = self.origin_of("statement.key_file");
+                        self.problem("statement.key_file", &origin, message);
+                        return None;
+                    }
+                }
+            }
+            (true, None) => match Signer::generate(alg) {
+                Ok(signer) => {
+                    warnings.push(
+                        "statement.key_file is not set: a statement key was generated for \
+                         this run; apps must fetch /_billguard/jwks.json again after a restart"
+                            .into(),
+                    );
+                    Some(signer)
+                }
+                Err(e) => {
+                    self.problem("statement.enabled", &Origin::Default, e.to_string());
+                    return None;
+                }
+            },
+        };
+        let issuer = oidc
+            .map(|o| o.redirect_uri.origin().ascii_serialization())
+            .unwrap_or_default();
+        Some(Statement {
+            signer: signer.map(std::sync::Arc::new),
+            header: header?,
+            ttl: ttl?,
+            issuer,
+            audience: audience?,
+        })
+    }
+
+    fn access_token(&mut self) -> Option<AccessToken> {
+        let forward = self.parse("access_token.forward", Some("false"), parse_bool);
+        let header = self.optional("access_token.header", |s| {
+            let name = HeaderName::from_bytes(s.as_bytes())
+                .map_err(|_| format!("`{s}` is not a valid HTTP header name"))?;
+            if name != hyper::header::AUTHORIZATION && crate::headers::is_reserved(&name) {
+                return Err(format!(
+                    "`{s}` is a header billguard or HTTP itself manages; allowed: \
+                     Authorization or a header of your own such as X-Access-Token"
+                ));
+            }
+            Ok(name)
+        });
+        Some(AccessToken {
+            forward: forward?,
+            header: header?.unwrap_or(hyper::header::AUTHORIZATION),
+        })
+    }
+
+    /// Group names: a list, or one string split on commas (names may hold
+    /// spaces).
+    fn groups(&mut self, key: &'static str) -> Option<Vec<String>> {
+        let (items, origin) = match self.raw(key) {
+            None => (Vec::new(), Origin::Default),
+            Some((Value::Array(_, values), origin)) => {
+                match values.iter().map(value_text).collect::<Option<Vec<_>>>() {
+                    Some(items) => (items, origin),
+                    None => {
+                        self.problem(key, &origin, "must be a list of group names".into());
+                        return None;
+                    }
+                }
+            }
+            Some((value, origin)) => match value_text(&value) {
+                Some(text) => (text.split(',').map(str::to_owned).collect(), origin),
+                None => {
+                    self.problem(key, &origin, "must be a list of group names".into());
+                    return None;
+                }
+            },
+        };
+        let mut groups = Vec::new();
+        for item in items.iter().map(|i| i.trim()).filter(|i| !i.is_empty()) {
+            match parse_text(item) {
+                Ok(g) => groups.push(g),
+                Err(message) => {
+                    self.problem(key, &origin, message);
+                    return None;
+                }
+            }
+        }
+        let shown = if groups.is_empty() {
+            "(none: every user the provider admits)".to_owned()
+        } else {
+            groups.join(", ")
+        };
+        self.record(key, shown, &origin);
+        Some(groups)
     }
 
     // --- primitives ---
@@ -1031,20 +1313,19 @@ impl FileLayer {
                     }
                 }
                 _ if is_known(key) => {}
-                _ if key == "routes" => problems.push(Problem {
-                    key: key.clone(),
-                    source: source.clone(),
-                    message: "this version of billguard has no route rules; every path \
-                              needs a session. Remove [[routes]]"
-                        .into(),
-                }),
+                // `[[routes]]` is read, key by key, in `Reader::routes`.
+                _ if key == "routes" => {}
                 _ => problems.push(Problem {
                     key: key.clone(),
                     source: source.clone(),
                     message: format!(
-                        "unknown setting; allowed at the top level: {}; tables: [oidc], \
-                         [session], [headers], [local_login]",
-                        KEYS[0].1.join(", ")
+                        "unknown setting; allowed at the top level: {}; tables: {}, [[routes]]",
+                        KEYS[0].1.join(", "),
+                        KEYS[1..]
+                            .iter()
+                            .map(|(t, _)| format!("[{t}]"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 }),
             }

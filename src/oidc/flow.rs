@@ -44,6 +44,8 @@ pub struct Completed {
     pub claims: Claims,
     /// The raw ID token, for `id_token_hint` at sign-out.
     pub id_token: String,
+    /// The access token, for `access_token.forward`.
+    pub access_token: String,
 }
 
 /// Why a login could not be completed. Messages are for the log; they never
@@ -155,6 +157,7 @@ impl Provider {
         Ok(Completed {
             claims,
             id_token: raw,
+            access_token: response.access_token().secret().clone(),
         })
     }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 //! between a fake provider and an echo app.
 
+mod access;
 mod cli;
 mod demo;
 mod failures;

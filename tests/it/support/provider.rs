@@ -11,6 +11,10 @@
 //! nonce, claims only in userinfo, ...) or takes the whole provider down, and the recorders
 //! (`last_authorize`, `token_auth_methods_seen`, `jwks_fetches`, ...) let a test assert what the
 //! relying party sent. The fake never panics on what it receives: bad input gets a 4xx answer.
+//!
+//! For API clients it mints JWT access tokens ([`Provider::access_token`], with the same
+//! misbehaviours) and opaque ones ([`Provider::opaque_token`]), and serves an RFC 7662
+//! introspection endpoint that knows every opaque token it issued.
 
 use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
@@ -52,6 +56,7 @@ const TOKEN_PATH: &str = "/application/o/token/";
 const USERINFO_PATH: &str = "/application/o/userinfo/";
 const JWKS_PATH: &str = "/application/o/bill-tracker/jwks/";
 const END_SESSION_PATH: &str = "/application/o/bill-tracker/end-session/";
+const INTROSPECT_PATH: &str = "/application/o/introspect/";
 
 const CODE_LIFETIME: Duration = Duration::from_secs(60);
 const TOKEN_LIFETIME: Duration = Duration::from_secs(300);
@@ -126,6 +131,9 @@ pub enum Misbehave {
     UserinfoWrongSub,
     /// Every endpoint, discovery included, answers 503.
     Unavailable,
+    /// HMAC-SHA256 keyed with the provider's public RSA key (the JWK as JSON): the classic
+    /// algorithm-confusion forgery. Only for [`Provider::access_token`].
+    Hs256WithPublicKey,
 }
 
 // === impl Provider ===
@@ -254,6 +262,54 @@ impl Provider {
     pub fn discovery_fetches(&self) -> usize {
         self.shared.state().discovery_fetches
     }
+
+    /// A JWT access token for `name` (matched as in [`Provider::login_as`]), audience the
+    /// client, signed with the current key and spoiled by each of `how`.
+    pub fn access_token(&self, name: &str, how: &[Misbehave]) -> String {
+        let user = self.user(name);
+        let issue = Issue {
+            misbehaving: how.iter().copied().collect(),
+            key: usize::from(self.shared.state().rotated),
+        };
+        access_jwt(&self.shared, &user, &issue)
+            .unwrap_or_else(|e| panic!("the fake cannot mint an access token: {e}"))
+    }
+
+    /// An opaque access token for `name` that the introspection endpoint knows.
+    pub fn opaque_token(&self, name: &str) -> String {
+        let user = self.user(name);
+        let token = random_token();
+        self.shared
+            .state()
+            .access_tokens
+            .insert(token.clone(), user);
+        token
+    }
+
+    /// The RFC 7662 introspection endpoint.
+    pub fn introspection_url(&self) -> String {
+        format!("{}{INTROSPECT_PATH}", self.shared.base)
+    }
+
+    /// Introspection requests so far, answered or refused.
+    pub fn introspections(&self) -> usize {
+        self.shared.state().introspections
+    }
+
+    /// The access token of the latest successful code exchange.
+    pub fn last_access_token(&self) -> Option<String> {
+        self.shared.state().last_access_token.clone()
+    }
+
+    fn user(&self, name: &str) -> User {
+        self.shared
+            .opts
+            .users
+            .iter()
+            .find(|user| user.answers_to(name))
+            .cloned()
+            .unwrap_or_else(|| panic!("the fake provider has no user {name:?}"))
+    }
 }
 
 // === impl ProviderOptions ===
@@ -339,6 +395,8 @@ struct State {
     token_auth_methods_seen: Vec<AuthMethod>,
     jwks_fetches: usize,
     discovery_fetches: usize,
+    introspections: usize,
+    last_access_token: Option<String>,
 }
 
 /// What an authorization code stands for until it is redeemed.
@@ -407,9 +465,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Resp {
         (&Method::GET | &Method::POST, USERINFO_PATH) => userinfo(shared, req.headers()),
         (&Method::GET, JWKS_PATH) => jwks(shared),
         (&Method::GET, END_SESSION_PATH) => end_session(shared, &query(&req)),
-        (_, DISCOVERY_PATH | AUTHORIZE_PATH | TOKEN_PATH | JWKS_PATH | END_SESSION_PATH) => {
-            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-        }
+        (&Method::POST, INTROSPECT_PATH) => introspect(shared, req).await,
+        (
+            _,
+            DISCOVERY_PATH | AUTHORIZE_PATH | TOKEN_PATH | JWKS_PATH | END_SESSION_PATH
+            | INTROSPECT_PATH,
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         _ => text(StatusCode::NOT_FOUND, "not found"),
     }
 }
@@ -427,6 +488,7 @@ fn discovery(shared: &Shared) -> Resp {
             "userinfo_endpoint": format!("{base}{USERINFO_PATH}"),
             "jwks_uri": format!("{base}{JWKS_PATH}"),
             "end_session_endpoint": format!("{base}{END_SESSION_PATH}"),
+            "introspection_endpoint": format!("{base}{INTROSPECT_PATH}"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": ["authorization_code"],
@@ -567,10 +629,11 @@ async fn token(shared: &Shared, req: Request<Incoming>) -> Resp {
         Ok(token) => token,
         Err(_) => return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
-    shared
-        .state()
-        .access_tokens
-        .insert(access_token.clone(), grant.user);
+    {
+        let mut state = shared.state();
+        state.access_tokens.insert(access_token.clone(), grant.user);
+        state.last_access_token = Some(access_token.clone());
+    }
     let mut resp = json_response(
         StatusCode::OK,
         &json!({
@@ -643,6 +706,113 @@ fn end_session(shared: &Shared, params: &HashMap<String, String>) -> Resp {
         target.query_pairs_mut().append_pair("state", csrf);
     }
     found(target.as_str())
+}
+
+/// RFC 7662: client authentication as at the token endpoint, then what the token stands for.
+async fn introspect(shared: &Shared, req: Request<Incoming>) -> Resp {
+    let (parts, body) = req.into_parts();
+    shared.state().introspections += 1;
+    let Ok(body) = Limited::new(body, MAX_FORM_BYTES).collect().await else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_request");
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&body.to_bytes())
+        .into_owned()
+        .collect();
+    let opts = &shared.opts;
+    match client_credentials(&parts.headers, &form) {
+        Ok(Some((_, id, secret))) if id == opts.client_id && secret == opts.client_secret => {}
+        Ok(_) => return invalid_client(AuthMethod::Basic),
+        Err(status) => return oauth_error(status, "invalid_request"),
+    }
+    let user = form
+        .get("token")
+        .and_then(|token| shared.state().access_tokens.get(token).cloned());
+    let Some(user) = user else {
+        return json_response(StatusCode::OK, &json!({ "active": false }));
+    };
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut claims = user.userinfo();
+    claims["active"] = json!(true);
+    claims["iss"] = json!(shared.issuer);
+    claims["aud"] = json!(opts.client_id);
+    claims["client_id"] = json!(opts.client_id);
+    claims["exp"] = json!(now + TOKEN_LIFETIME.as_secs());
+    claims["iat"] = json!(now);
+    claims["token_type"] = json!("Bearer");
+    json_response(StatusCode::OK, &claims)
+}
+
+// === access tokens ===
+
+/// An Authentik-style JWT access token: the ID token's claims without a nonce.
+fn access_jwt(shared: &Shared, user: &User, issue: &Issue) -> Result<String, String> {
+    let on = |how| issue.misbehaving.contains(&how);
+    let now = SystemTime::now();
+    let issued_at = if on(Misbehave::Expired) {
+        now - AN_HOUR
+    } else {
+        now
+    };
+    let issuer = if on(Misbehave::WrongIssuer) {
+        format!("{}/application/o/another-app/", shared.base)
+    } else {
+        shared.issuer.clone()
+    };
+    let audience = if on(Misbehave::WrongAudience) {
+        "another-client".to_owned()
+    } else {
+        shared.opts.client_id.clone()
+    };
+    let standard = StandardClaims::new(SubjectIdentifier::new(user.sub.clone()))
+        .set_email(user.email.clone().map(EndUserEmail::new))
+        .set_preferred_username(user.preferred_username.clone().map(EndUserUsername::new));
+    let claims = IdTokenClaims::new(
+        IssuerUrl::new(issuer).map_err(|e| e.to_string())?,
+        vec![Audience::new(audience)],
+        (issued_at + TOKEN_LIFETIME).into(),
+        issued_at.into(),
+        standard,
+        GroupsClaim {
+            groups: Some(user.groups.clone()).filter(|g| !g.is_null()),
+        },
+    );
+
+    let token = if on(Misbehave::Hs256WithPublicKey) {
+        let public = serde_json::to_vec(&shared.keys[issue.key].as_verification_key())
+            .map_err(|e| e.to_string())?;
+        let key = CoreHmacKey::new(public);
+        FakeIdToken::new(
+            claims,
+            &key,
+            CoreJwsSigningAlgorithm::HmacSha256,
+            None,
+            None,
+        )
+    } else if on(Misbehave::Hs256) {
+        let key = CoreHmacKey::new(shared.opts.client_secret.as_bytes());
+        FakeIdToken::new(
+            claims,
+            &key,
+            CoreJwsSigningAlgorithm::HmacSha256,
+            None,
+            None,
+        )
+    } else {
+        let key = &shared.keys[issue.key];
+        let alg = CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256;
+        FakeIdToken::new(claims, key, alg, None, None)
+    };
+    let token = token.map_err(|e| e.to_string())?.to_string();
+    if on(Misbehave::AlgNone) {
+        return unsigned(&token);
+    }
+    if on(Misbehave::BadSignature) {
+        return corrupt_signature(&token);
+    }
+    Ok(token)
 }
 
 // === ID tokens ===

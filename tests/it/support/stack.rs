@@ -20,7 +20,7 @@ pub struct StackOptions {
     pub provider: ProviderOptions,
     /// Extra TOML appended to the generated configuration; a `[table]`
     /// written here must not repeat one the stack writes (`[oidc]`,
-    /// `[session]`).
+    /// `[session]`). `{provider}` becomes the fake provider's base URL.
     pub extra_toml: String,
     /// Extra lines inside `[oidc]`.
     pub oidc_toml: String,
@@ -105,7 +105,7 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
                 .admin_group
                 .map(|g| format!("admin_group = \"{g}\""))
                 .unwrap_or_default(),
-            extra = opts.extra_toml,
+            extra = opts.extra_toml.replace("{provider}", &provider.url()),
         );
         let mut file = tempfile::NamedTempFile::new().expect("temp config file");
         file.write_all(toml.as_bytes()).expect("write config");
