@@ -146,14 +146,13 @@ impl Rule {
         methods: Option<&[String]>,
         access: Access,
     ) -> Result<Rule, RuleError> {
-        let regex = RegexBuilder::new(&format!("^(?:{pattern})$"))
-            .case_insensitive(true)
-            .size_limit(1 << 20)
-            .build()
-            .map_err(|e| RuleError::Invalid {
-                pattern: pattern.to_owned(),
-                reason: one_line(&e.to_string()),
-            })?;
+        let invalid = |e: regex::Error| RuleError::Invalid {
+            pattern: pattern.to_owned(),
+            reason: one_line(&e.to_string()),
+        };
+        // Compiled alone first, so an error quotes the pattern as written.
+        build(pattern).map_err(invalid)?;
+        let regex = build(&format!("^(?:{pattern})$")).map_err(invalid)?;
         let methods = match methods {
             None => None,
             Some(names) => Some(
@@ -177,7 +176,7 @@ impl Rule {
         if self.access != Access::Public {
             return Ok(());
         }
-        let probes = std::iter::once(callback_path).chain(NEVER_PUBLIC.iter().copied());
+        let probes = NEVER_PUBLIC.iter().copied().chain([callback_path]);
         for probe in probes {
             if self.regex.is_match(probe) {
                 return Err(RuleError::TooBroad {
@@ -244,6 +243,13 @@ impl Routes {
             },
         }
     }
+}
+
+fn build(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern)
+        .case_insensitive(true)
+        .size_limit(1 << 20)
+        .build()
 }
 
 fn parse_method(name: &str) -> Result<Method, RuleError> {

@@ -316,6 +316,7 @@ async fn a_silent_app_gives_504() {
     });
     let stack = Stack::with(StackOptions {
         upstream_url: Some(url),
+        upstream_timeout: "1s",
         ..StackOptions::default()
     })
     .await;

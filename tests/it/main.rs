@@ -11,4 +11,5 @@ mod demo;
 mod failures;
 mod forwarding;
 mod login;
+mod policy_cli;
 mod support;

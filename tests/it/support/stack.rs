@@ -29,6 +29,9 @@ pub struct StackOptions {
     /// The provider answers 503 when billguard starts.
     pub provider_down_at_start: bool,
     pub admin_group: Option<&'static str>,
+    /// Time the app has for response headers. Generous by default: a large
+    /// upload must finish within it on a loaded machine.
+    pub upstream_timeout: &'static str,
 }
 
 pub struct Stack {
@@ -48,6 +51,7 @@ impl Default for StackOptions {
             upstream_url: None,
             provider_down_at_start: false,
             admin_group: Some(ADMIN_GROUP),
+            upstream_timeout: "20s",
         }
     }
 }
@@ -79,7 +83,7 @@ impl Stack {
             r#"
 listen = "127.0.0.1:0"
 upstream = "{upstream}"
-upstream_timeout = "2s"
+upstream_timeout = "{upstream_timeout}"
 
 [oidc]
 provider_name = "Test provider"
@@ -106,6 +110,7 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
                 .map(|g| format!("admin_group = \"{g}\""))
                 .unwrap_or_default(),
             extra = opts.extra_toml.replace("{provider}", &provider.url()),
+            upstream_timeout = opts.upstream_timeout,
         );
         let mut file = tempfile::NamedTempFile::new().expect("temp config file");
         file.write_all(toml.as_bytes()).expect("write config");
