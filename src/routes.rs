@@ -39,7 +39,7 @@ use crate::bearer::{self, Credential};
 use crate::forward;
 use crate::headers::{IdentityValues, Peer};
 use crate::health;
-use crate::identity::{Identity, Role};
+use crate::identity::{Identity, Refusal, Role};
 use crate::login::{self, safe_return_to, start_href};
 use crate::policy::{self, Access, Normalized};
 use crate::respond::{self, Body, Failure};
@@ -258,7 +258,8 @@ async fn authenticate(
     checked.map_err(|rejection| {
         let reason = match &rejection {
             bearer::Rejection::Invalid(reason) => *reason,
-            bearer::Rejection::Refused(_) => "refused",
+            bearer::Rejection::Refused(Refusal::NotAllowed { .. }) => "not_in_allowed_groups",
+            bearer::Rejection::Refused(Refusal::NotProvisioned { .. }) => "not_provisioned",
             bearer::Rejection::Unavailable(_) => "unavailable",
         };
         tracing::warn!(target: "billguard::auth", outcome = "failure", reason, error = %rejection, "Bearer token refused");

@@ -614,6 +614,17 @@ impl Reader {
         );
         let forward_authorization =
             self.parse("bearer.forward_authorization", Some("false"), parse_bool);
+        if audiences.as_ref().is_some_and(Vec::is_empty) {
+            let origin = self.origin_of("bearer.audiences");
+            self.problem(
+                "bearer.audiences",
+                &origin,
+                "is empty, so no token could ever be accepted; name at least one audience \
+                 (such as the client ID), or set bearer.enabled = false"
+                    .into(),
+            );
+            return None;
+        }
         Some(Bearer {
             enabled: enabled?,
             audiences: audiences?,

@@ -308,6 +308,24 @@ async fn invalid_bearer_tokens_get_401_invalid_token_and_never_a_redirect() {
 }
 
 #[tokio::test]
+async fn a_token_signed_with_a_new_provider_key_reloads_the_keys_once() {
+    let stack = Stack::start().await;
+    let fetches = stack.provider.jwks_fetches();
+    stack.provider.rotate_key();
+    let token = stack.provider.access_token("alice", &[]);
+    let res = Browser::new()
+        .request(
+            Method::GET,
+            &stack.url("/api/bills"),
+            &[("authorization", &bearer(&token))],
+            "",
+        )
+        .await;
+    assert_eq!(res.status, 200);
+    assert_eq!(stack.provider.jwks_fetches(), fetches + 1);
+}
+
+#[tokio::test]
 async fn configured_audiences_replace_the_client_id() {
     let stack = stack_with("[bearer]\naudiences = [\"another-client\"]\n").await;
     let provider = &stack.provider;
