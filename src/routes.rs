@@ -149,7 +149,10 @@ async fn proxy(
     normalized: Normalized,
 ) -> (Response<Body>, Option<Caller>) {
     let decision = app.routes.decide(req.method(), &normalized.decoded);
-    set_path(&mut req, &normalized.encoded);
+    if !set_path(&mut req, &normalized.encoded) {
+        let failure = Failure::bad_request("This address cannot be served.");
+        return (failure.into_response(navigation), None);
+    }
 
     let caller = match decision.access {
         Access::Public => None,
@@ -268,15 +271,23 @@ async fn authenticate(
 }
 
 /// Points the request at the normalized path, keeping the query as sent.
-fn set_path(req: &mut Request<Incoming>, path: &str) {
+/// False when that cannot be done; the raw path must then never be sent.
+fn set_path(req: &mut Request<Incoming>, path: &str) -> bool {
     let target = match req.uri().query() {
         Some(query) => format!("{path}?{query}"),
         None => path.to_owned(),
     };
     let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = target.parse().ok();
-    if let Ok(uri) = hyper::Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
+    let Ok(target) = target.parse() else {
+        return false;
+    };
+    parts.path_and_query = Some(target);
+    match hyper::Uri::from_parts(parts) {
+        Ok(uri) => {
+            *req.uri_mut() = uri;
+            true
+        }
+        Err(_) => false,
     }
 }
 
