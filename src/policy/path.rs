@@ -251,6 +251,43 @@ mod tests {
         }
     }
 
+    /// Every combination of up to four tricky pieces: whatever is accepted,
+    /// the forwarded path decodes once to exactly the matched path, and
+    /// normalizing it again changes nothing, so an app that decodes or
+    /// normalizes the path itself sees what the rules saw.
+    #[test]
+    fn the_forwarded_path_means_the_matched_path() {
+        const PIECES: &[&str] = &[
+            "/", ".", "..", "%2e", "%2E%2e", "a", "%41", "%25", "%20", "%C3%A9", "+", "%2B", "%3F",
+            "~", "@",
+        ];
+        let mut checked = 0;
+        // (path so far, pieces used)
+        let mut stack = vec![(String::from("/"), 0)];
+        while let Some((raw, used)) = stack.pop() {
+            if let Ok(n) = normalize(&raw) {
+                checked += 1;
+                let once = percent_encoding::percent_decode_str(&n.encoded)
+                    .decode_utf8()
+                    .expect("the forwarded path is UTF-8 once decoded");
+                assert_eq!(once, n.decoded, "{raw}");
+                assert_eq!(normalize(&n.encoded).as_ref(), Ok(&n), "{raw}");
+                assert!(!n.decoded.contains("//"), "{raw}");
+                let segments: Vec<&str> = n.decoded.split('/').collect();
+                assert!(
+                    !segments.contains(&".") && !segments.contains(&".."),
+                    "{raw}"
+                );
+            }
+            if used < 4 {
+                for piece in PIECES {
+                    stack.push((format!("{raw}{piece}"), used + 1));
+                }
+            }
+        }
+        assert!(checked > 10_000, "only {checked} paths checked");
+    }
+
     #[test]
     fn ambiguous_or_malformed_paths_are_refused() {
         let cases = [
