@@ -27,6 +27,8 @@ pub struct App {
     pub forward_authorization: bool,
     pub statements: Statements,
     pub access_token: config::AccessToken,
+    /// Set when shutdown begins; shared with the server.
+    pub draining: crate::health::Draining,
 }
 
 // === impl App ===
@@ -52,6 +54,7 @@ impl App {
             forward_authorization: config.bearer.forward_authorization,
             statements: Statements::new(&config.statement),
             access_token: config.access_token.clone(),
+            draining: Default::default(),
         })
     }
 }

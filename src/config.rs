@@ -37,6 +37,18 @@ pub const DEFAULT_STATEMENT_HEADER: &str = "X-Billguard-Statement";
 pub const DEFAULT_STATEMENT_TTL: &str = "60s";
 pub const DEFAULT_STATEMENT_AUDIENCE: &str = "billtracker";
 pub const DEFAULT_STATEMENT_ALG: &str = "ES256";
+pub const DEFAULT_UPSTREAM_CONNECT_TIMEOUT: &str = "5s";
+pub const DEFAULT_PROVIDER_TIMEOUT: &str = "10s";
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "10s";
+pub const DEFAULT_MAX_HEADER_BYTES: &str = "65536";
+pub const DEFAULT_MAX_CONNECTIONS: &str = "10000";
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: &str = "10s";
+pub const DEFAULT_TLS_RELOAD_INTERVAL: &str = "30s";
+pub const DEFAULT_SHUTDOWN_DELAY: &str = "5s";
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "20s";
+/// hyper refuses a read buffer below this, so it is the floor for
+/// `limits.max_header_bytes`.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Shortest accepted `session.secret`, in bytes: the key derivation needs 256
 /// bits of input.
@@ -55,10 +67,55 @@ pub struct Config {
     pub bearer: Bearer,
     pub statement: Statement,
     pub access_token: AccessToken,
+    /// Where `/metrics` is served; `None` serves no metrics.
+    pub metrics_listen: Option<SocketAddr>,
+    /// When set, `listen` speaks HTTPS (HTTP/2 or HTTP/1.1 by ALPN).
+    pub tls: Option<Tls>,
+    pub limits: Limits,
+    pub shutdown: Shutdown,
 }
 
-/// Where the app listens. Only plain HTTP: the app runs in the same pod and is
-/// reached over loopback.
+/// The HTTPS listener's certificate. Checked at load (readable, and the key
+/// matches the certificate); re-read every `reload_interval`.
+#[derive(Clone, Debug)]
+pub struct Tls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub handshake_timeout: Duration,
+    pub reload_interval: Duration,
+}
+
+/// Bounds on what one client can hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time a client has to send a complete request head.
+    pub header_read_timeout: Duration,
+    /// Largest request head (request line, headers, cookies).
+    pub max_header_bytes: usize,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+/// What happens on SIGTERM.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    /// Readiness fails, but requests are still served for this long, so
+    /// Kubernetes stops routing here before the listener closes.
+    pub delay: Duration,
+    /// How long in-flight requests and WebSockets may run after the
+    /// listener closes.
+    pub grace: Duration,
+}
+
+/// PEM certificates trusted in addition to the built-in web roots.
+#[derive(Clone)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// Where the app listens: plain HTTP over loopback in a pod, or HTTPS when
+/// the app is elsewhere.
 #[derive(Clone, Debug)]
 pub struct Upstream {
     pub url: Url,
@@ -66,6 +123,9 @@ pub struct Upstream {
     pub authority: String,
     /// How long the app may take to send response headers.
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Extra roots for an `https://` upstream.
+    pub ca: Option<CaBundle>,
 }
 
 #[derive(Clone, Debug)]
@@ -87,6 +147,11 @@ pub struct Oidc {
     /// When not empty, only members of one of these groups (or of the admin
     /// group) are admitted.
     pub allowed_groups: Vec<String>,
+    /// Limit for each request to the provider (discovery, JWKS, token,
+    /// userinfo).
+    pub request_timeout: Duration,
+    /// Extra roots for the provider's certificate (a private CA).
+    pub ca: Option<CaBundle>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,6 +262,19 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(********)")
+    }
+}
+
+// === impl CaBundle ===
+
+impl std::fmt::Debug for CaBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CaBundle({}, {} certificates)",
+            self.path.display(),
+            self.certs.len()
+        )
     }
 }
 

@@ -5,27 +5,36 @@
 //! Bodies are never buffered: the browser's body is handed to the client as
 //! it arrives and the app's body is returned as a stream. The response
 //! headers must arrive within `upstream_timeout`; the body may take as long
-//! as it needs.
+//! as it needs. The app may be plain HTTP (beside billguard in the pod) or
+//! HTTPS (trusting the web roots and `upstream_ca_file`). The request id is
+//! set here, after every other header rewrite, so nothing can strip it.
 
 use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::config;
+use crate::request_id::{self, RequestId};
+use crate::{config, metrics, tls};
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_IDLE: Duration = Duration::from_secs(60);
 const POOL_MAX_IDLE: usize = 256;
+
+/// Put in a request's extensions by the server; an upgraded connection
+/// keeps it until it closes, so a shutdown waits for WebSockets too.
+#[derive(Clone, Debug)]
+pub struct DrainGuard(pub tokio::sync::mpsc::Sender<()>);
 
 /// A handle to the app.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
     timeout: Duration,
 }
@@ -50,15 +59,27 @@ pub enum Error {
 impl Upstream {
     pub fn new(cfg: &config::Upstream) -> Self {
         let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_nodelay(true);
+        connector.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls::client_config(cfg.ca.as_ref()))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE)
             .pool_max_idle_per_host(POOL_MAX_IDLE)
             .build(connector);
+        let scheme = if cfg.url.scheme() == "https" {
+            hyper::http::uri::Scheme::HTTPS
+        } else {
+            hyper::http::uri::Scheme::HTTP
+        };
         Upstream {
             client,
+            scheme,
             authority: cfg
                 .authority
                 .parse()
@@ -81,7 +102,7 @@ impl Upstream {
             .map(|p| p.as_str())
             .unwrap_or("/");
         let uri = Uri::builder()
-            .scheme("http")
+            .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(target)
             .build()
@@ -90,8 +111,15 @@ impl Upstream {
         // The app speaks HTTP/1.1 whatever the browser spoke.
         *req.version_mut() = Version::HTTP_11;
 
+        if let Some(RequestId(id)) = req.extensions().get::<RequestId>().cloned() {
+            req.headers_mut().insert(request_id::HEADER, id);
+        }
+
         let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+        let guard = req.extensions_mut().remove::<DrainGuard>();
+        let started = std::time::Instant::now();
         let sent = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        metrics::upstream_latency(started.elapsed());
         let mut res = match sent {
             Ok(Ok(res)) => res,
             Ok(Err(e)) if e.is_connect() => {
@@ -119,6 +147,7 @@ impl Upstream {
         {
             let upstream = hyper::upgrade::on(&mut res);
             tokio::spawn(async move {
+                let _guard = guard;
                 match tokio::try_join!(downstream, upstream) {
                     Ok((down, up)) => {
                         let mut down = TokioIo::new(down);

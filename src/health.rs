@@ -1,8 +1,13 @@
 //! Endpoints for probes and for checking who you are:
 //! - `/_billguard/health`: 200 while the process serves requests;
 //! - `/_billguard/ready`: 200 once the provider metadata is loaded, else 503;
+//!   also 503 from the moment a shutdown begins (see [`Draining`]), so
+//!   Kubernetes stops routing here while in-flight requests finish;
 //! - `/_billguard/whoami`: the current identity and why its role is what it
 //!   is, or 401 without a session.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use hyper::header::HeaderMap;
 use hyper::{Response, StatusCode};
@@ -16,7 +21,29 @@ pub fn health() -> Response<Body> {
     respond::text(StatusCode::OK, "ok\n")
 }
 
+/// Set once a shutdown has begun; readiness fails from then on.
+#[derive(Clone, Debug, Default)]
+pub struct Draining(Arc<AtomicBool>);
+
+// === impl Draining ===
+
+impl Draining {
+    pub fn begin(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 pub fn ready(app: &App) -> Response<Body> {
+    if app.draining.is_draining() {
+        return respond::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"ready": false, "provider": "shutting down"}),
+        );
+    }
     if app.provider.is_ready() {
         respond::json(
             StatusCode::OK,

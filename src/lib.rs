@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod bearer;
+pub mod bypass;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -13,12 +14,15 @@ pub mod headers;
 pub mod health;
 pub mod identity;
 pub mod login;
+pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod policy;
+pub mod request_id;
 pub mod respond;
 pub mod routes;
 pub mod server;
 pub mod session;
 pub mod statement;
 pub mod telemetry;
+pub mod tls;

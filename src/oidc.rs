@@ -90,15 +90,20 @@ pub enum DiscoveryError {
 impl Provider {
     /// A provider handle with nothing discovered yet.
     pub fn new(cfg: config::Oidc) -> Result<Self, reqwest_error::BuildError> {
-        let http = openidconnect::reqwest::Client::builder()
+        let mut http = openidconnect::reqwest::Client::builder()
             // Following redirects from the provider would let it point
             // billguard at arbitrary hosts.
             .redirect(openidconnect::reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("billguard/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(reqwest_error::BuildError)?;
+            .connect_timeout(cfg.request_timeout.min(Duration::from_secs(5)))
+            .timeout(cfg.request_timeout)
+            .user_agent(concat!("billguard/", env!("CARGO_PKG_VERSION")));
+        // A self-hosted provider behind a private CA (`oidc.ca_file`).
+        for cert in cfg.ca.iter().flat_map(|ca| &ca.certs) {
+            let cert = openidconnect::reqwest::Certificate::from_der(cert)
+                .map_err(reqwest_error::BuildError)?;
+            http = http.add_root_certificate(cert);
+        }
+        let http = http.build().map_err(reqwest_error::BuildError)?;
         let algs = cfg
             .id_token_algs
             .iter()

@@ -24,7 +24,9 @@
 //!    statement are added when configured (see `statement`).
 //! 8. **Forward.** The request streams to the app; its response streams
 //!    back, or an upgrade is spliced (see `forward`).
-//! 9. **Log.** One access-log line per request on `billguard::access`.
+//! 9. **Log.** One access-log line per request on `billguard::access`, and
+//!    the request counted in `metrics`. Every log line of the request carries
+//!    its id (see `request_id`), which the app and the client also receive.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,6 +35,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
+use tracing::Instrument as _;
 
 use crate::app::App;
 use crate::bearer::{self, Credential};
@@ -41,22 +44,35 @@ use crate::headers::{IdentityValues, Peer};
 use crate::health;
 use crate::identity::{Identity, Refusal, Role};
 use crate::login::{self, safe_return_to, start_href};
+use crate::metrics;
 use crate::policy::{self, Access, Normalized};
+use crate::request_id::{self, RequestId};
 use crate::respond::{self, Body, Failure};
 use crate::session::Session;
 
 const OWN_PREFIX: &str = "/_billguard/";
 
 /// Serves one request and writes its access-log line.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let id = RequestId::from_headers(req.headers());
+    req.extensions_mut().insert(id.clone());
+    let kind = if path == app.callback_path || path.starts_with(OWN_PREFIX) {
+        metrics::RouteKind::Owned
+    } else {
+        metrics::RouteKind::Proxied
+    };
 
-    let (res, caller) = route(&app, req, peer).await;
+    let span = tracing::info_span!("request", id = %id);
+    let (mut res, caller) = route(&app, req, peer).instrument(span).await;
+    metrics::request(kind, res.status());
+    res.headers_mut().insert(request_id::HEADER, id.0.clone());
 
     tracing::info!(
         target: "billguard::access",
+        request_id = %id,
         %method,
         path,
         status = res.status().as_u16(),

@@ -1,36 +1,51 @@
-//! The listener: accepts connections, serves HTTP/1.1 on each (with
-//! upgrades), and drains in-flight requests on shutdown.
+//! The listeners: the public one (plain HTTP/1.1, or HTTPS with HTTP/2 or
+//! HTTP/1.1 chosen by ALPN) and the optional metrics one, their limits,
+//! and the shutdown sequence.
 //!
 //! Plain-HTTP listeners speak HTTP/1.1 only. Browsers never use cleartext
 //! HTTP/2, and hyper's protocol auto-detection would keep a connection that
 //! sends nothing open forever; with HTTP/1.1 alone the header-read timeout
-//! bounds every connection, idle or slow.
+//! bounds every connection, idle or slow. Over TLS the handshake has its
+//! own timeout, and ALPN says which protocol follows.
+//!
+//! Limits: `limits.max_connections` connections are served at once (the
+//! rest wait in the kernel's accept queue), each request head must arrive
+//! within `limits.header_read_timeout` and fit in `limits.max_header_bytes`.
+//!
+//! Shutdown, on SIGTERM: readiness fails at once, requests are still served
+//! for `shutdown.delay` so Kubernetes can take the pod out of its endpoints,
+//! then the listener closes and in-flight requests and upgraded connections
+//! (WebSockets) get up to `shutdown.grace` to finish before the process
+//! exits 0. Ctrl-C skips the delay.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use hyper::{Request, Response, StatusCode, header};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 
 use crate::app::App;
 use crate::config::Config;
+use crate::forward::DrainGuard;
 use crate::headers::Peer;
+use crate::health::Draining;
 use crate::oidc::{self, Provider};
-use crate::routes;
+use crate::{bypass, metrics, routes, tls};
 
-/// Time a client has to send a complete request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head accepted (request line, headers, cookies).
-const MAX_HEAD_BYTES: usize = 64 * 1024;
-/// How long in-flight requests may run after a shutdown signal.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
+const H2_MAX_STREAMS: u32 = 250;
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,16 +54,32 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("metrics_listen {addr}: {source}")]
+    MetricsBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Client(#[from] oidc::reqwest_error::BuildError),
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
 }
 
 /// A proxy that is accepting connections.
 pub struct Running {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     provider: Provider,
+    draining: Draining,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// Which signal asked billguard to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Terminate,
+    Interrupt,
 }
 
 // === impl Running ===
@@ -58,14 +89,26 @@ impl Running {
         self.addr
     }
 
+    /// Where `/metrics` is served, when `metrics_listen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     /// Resolves once the provider metadata is loaded.
     pub async fn wait_ready(&self) {
         self.provider.wait_ready().await;
     }
 
-    /// Stops accepting, lets in-flight requests finish (up to a grace
-    /// period), and returns when done.
+    /// The first step of a shutdown: readiness fails from now on, while
+    /// requests are still served.
+    pub fn begin_shutdown(&self) {
+        self.draining.begin();
+    }
+
+    /// Stops accepting, lets in-flight requests and upgraded connections
+    /// finish (up to `shutdown.grace`), and returns when done.
     pub async fn shutdown(self) {
+        self.draining.begin();
         self.stop.send_replace(true);
         let _ = self.task.await;
     }
@@ -79,11 +122,21 @@ pub async fn serve(config: Config) -> Result<(), Error> {
             addr: config.listen,
             source,
         })?;
+    let shutdown = config.shutdown.clone();
+    let https = config.tls.is_some();
     let running = start(config, listener)?;
-    tracing::info!(addr = %running.addr(), "Listening");
+    tracing::info!(addr = %running.addr(), https, "Listening");
+    if let Some(addr) = running.metrics_addr() {
+        tracing::info!(%addr, "Serving metrics at /metrics");
+    }
 
-    shutdown_signal().await;
-    tracing::info!(grace = ?DRAIN_TIMEOUT, "Shutting down: draining in-flight requests");
+    let signal = shutdown_signal().await;
+    running.begin_shutdown();
+    if signal == Signal::Terminate && !shutdown.delay.is_zero() {
+        tracing::info!(delay = ?shutdown.delay, "Shutting down: readiness fails; still serving while Kubernetes stops routing here");
+        tokio::time::sleep(shutdown.delay).await;
+    }
+    tracing::info!(grace = ?shutdown.grace, "Shutting down: listener closed; draining in-flight requests");
     running.shutdown().await;
     tracing::info!("Stopped");
     Ok(())
@@ -97,44 +150,116 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
     })?;
     let app = Arc::new(App::new(&config)?);
     let provider = app.provider.clone();
+    let draining = app.draining.clone();
     let (stop, stopped) = watch::channel(false);
+    let mut background = Vec::new();
 
-    let discovery = tokio::spawn(provider.clone().run());
-    let housekeeping = tokio::spawn({
-        let sessions = app.sessions.clone();
-        async move {
-            let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-            loop {
-                tick.tick().await;
-                sessions.housekeeping().await;
-            }
+    let tls = match &config.tls {
+        Some(cfg) => {
+            let (server_config, certs) = tls::server_config(cfg)?;
+            background.push(tokio::spawn(certs.watch(cfg.reload_interval)));
+            Some(TlsAcceptor::from(server_config))
         }
-    });
+        None => None,
+    };
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let metrics = bind_std(addr).map_err(|source| Error::MetricsBind { addr, source })?;
+            let bound = metrics
+                .local_addr()
+                .map_err(|source| Error::MetricsBind { addr, source })?;
+            background.push(tokio::spawn(serve_metrics(
+                metrics,
+                app.clone(),
+                stopped.clone(),
+            )));
+            Some(bound)
+        }
+        None => None,
+    };
+
+    background.push(tokio::spawn(provider.clone().run()));
+    background.push(tokio::spawn(housekeeping(app.clone())));
+    background.push(tokio::spawn(bypass::watch(config.upstream.url.clone())));
+
+    let serving = Arc::new(Serving::new(app, &config, tls));
     let task = tokio::spawn(async move {
-        accept_loop(app, listener, stopped).await;
-        discovery.abort();
-        housekeeping.abort();
+        accept_loop(serving, listener, stopped).await;
+        for task in background {
+            task.abort();
+        }
     });
     Ok(Running {
         addr,
+        metrics_addr,
         provider,
+        draining,
         stop,
         task,
     })
 }
 
-async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stopped: watch::Receiver<bool>) {
-    // Every connection task holds a sender; when all are dropped, the
-    // receiver sees the channel close and the drain is complete.
+/// What every connection of the public listener shares.
+struct Serving {
+    app: Arc<App>,
+    tls: Option<TlsAcceptor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
+    handshake_timeout: Duration,
+    max_connections: usize,
+    grace: Duration,
+}
+
+// === impl Serving ===
+
+impl Serving {
+    fn new(app: Arc<App>, config: &Config, tls: Option<TlsAcceptor>) -> Self {
+        let limits = &config.limits;
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .keep_alive_interval(H2_KEEP_ALIVE);
+        Serving {
+            app,
+            tls,
+            http1: h1,
+            http2: h2,
+            handshake_timeout: config
+                .tls
+                .as_ref()
+                .map_or(Duration::ZERO, |t| t.handshake_timeout),
+            max_connections: limits.max_connections,
+            grace: config.shutdown.grace,
+        }
+    }
+}
+
+async fn accept_loop(
+    serving: Arc<Serving>,
+    listener: TcpListener,
+    mut stopped: watch::Receiver<bool>,
+) {
+    // Every connection task (and every upgraded connection) holds a sender;
+    // when all are dropped, the receiver sees the channel close and the
+    // drain is complete.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
-    let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES)
-        .keep_alive(true);
+    let permits = Arc::new(Semaphore::new(serving.max_connections));
 
     loop {
+        // At the limit, stop accepting: new clients wait in the backlog.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            _ = until_stopped(&mut stopped) => break,
+        };
         let (stream, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -150,34 +275,13 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stopped: watch::R
         };
         let _ = stream.set_nodelay(true);
 
-        let peer = Peer {
-            ip: remote.ip(),
-            proto: "http",
-        };
-        let app = app.clone();
-        let service = service_fn(move |req| {
-            let app = app.clone();
-            async move { Ok::<_, Infallible>(routes::handle(app, req, peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
-        let mut stop = stopped.clone();
+        let serving = serving.clone();
+        let stop = stopped.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            let _alive = alive;
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                result = conn.as_mut() => result,
-                _ = until_stopped(&mut stop) => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(error) = result {
-                tracing::debug!(%error, client = %remote, "Connection ended with an error");
-            }
+            let _permit = permit;
+            let _open = metrics::connection();
+            connection(&serving, stream, remote, stop, alive).await;
         });
     }
 
@@ -185,10 +289,221 @@ async fn accept_loop(app: Arc<App>, listener: TcpListener, mut stopped: watch::R
     drop(alive);
     tokio::select! {
         _ = all_closed.recv() => {}
-        _ = tokio::time::sleep(DRAIN_TIMEOUT) => {
-            tracing::warn!("Grace period over; closing remaining connections");
+        _ = tokio::time::sleep(serving.grace) => {
+            tracing::warn!(grace = ?serving.grace, "Grace period over; closing remaining connections");
         }
     }
+}
+
+/// Serves one downstream connection to its end.
+async fn connection(
+    serving: &Serving,
+    stream: TcpStream,
+    remote: SocketAddr,
+    stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) {
+    let Some(acceptor) = &serving.tls else {
+        let peer = Peer {
+            ip: remote.ip(),
+            proto: "http",
+        };
+        return serve_http1(serving, TokioIo::new(stream), peer, remote, stop, alive).await;
+    };
+
+    let stream =
+        match tokio::time::timeout(serving.handshake_timeout, acceptor.accept(stream)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!(%error, client = %remote, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(client = %remote, "TLS handshake timed out");
+                return;
+            }
+        };
+    let peer = Peer {
+        ip: remote.ip(),
+        proto: "https",
+    };
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let io = TokioIo::new(stream);
+    if h2 {
+        serve_http2(serving, io, peer, remote, stop, alive).await;
+    } else {
+        serve_http1(serving, io, peer, remote, stop, alive).await;
+    }
+}
+
+async fn serve_http1<I>(
+    serving: &Serving,
+    io: I,
+    peer: Peer,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service(serving.app.clone(), peer, alive.clone());
+    let conn = serving.http1.serve_connection(io, service).with_upgrades();
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = until_stopped(&mut stop) => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    drop(alive);
+    if let Err(error) = result {
+        tracing::debug!(%error, client = %remote, "Connection ended with an error");
+    }
+}
+
+async fn serve_http2<I>(
+    serving: &Serving,
+    io: I,
+    peer: Peer,
+    remote: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    alive: mpsc::Sender<()>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service(serving.app.clone(), peer, alive.clone());
+    let conn = serving.http2.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = until_stopped(&mut stop) => {
+            // GOAWAY: streams in flight finish, no new ones start.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    drop(alive);
+    if let Err(error) = result {
+        tracing::debug!(%error, client = %remote, "Connection ended with an error");
+    }
+}
+
+/// The per-connection service: hands each request to `routes`.
+fn service(
+    app: Arc<App>,
+    peer: Peer,
+    alive: mpsc::Sender<()>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<crate::respond::Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<Response<crate::respond::Body>, Infallible>> + Send,
+> + Clone {
+    service_fn(move |mut req: Request<Incoming>| {
+        let app = app.clone();
+        // An upgraded connection outlives its request; it keeps this so
+        // the drain waits for it too.
+        req.extensions_mut().insert(DrainGuard(alive.clone()));
+        // HTTP/2 carries the host in the :authority pseudo-header only;
+        // the header rewrite and the app expect `Host`.
+        if !req.headers().contains_key(header::HOST)
+            && let Some(host) = req
+                .uri()
+                .authority()
+                .and_then(|a| header::HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, host);
+        }
+        async move { Ok::<_, Infallible>(routes::handle(app, req, peer).await) }
+    })
+}
+
+/// Refreshes what is measured rather than counted, and runs the session
+/// store's housekeeping.
+async fn housekeeping(app: Arc<App>) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    loop {
+        tick.tick().await;
+        app.sessions.housekeeping().await;
+        refresh_gauges(&app);
+    }
+}
+
+fn refresh_gauges(app: &App) {
+    metrics::sessions_active(app.sessions.len());
+    metrics::provider_up(app.provider.is_ready());
+}
+
+/// The metrics listener: `GET /metrics` and nothing else.
+async fn serve_metrics(
+    listener: std::net::TcpListener,
+    app: Arc<App>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let Ok(listener) = TcpListener::from_std(listener) else {
+        tracing::error!("Metrics listener could not be registered with the runtime");
+        return;
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .keep_alive(true);
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = until_stopped(&mut stopped) => return,
+        };
+        let app = app.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let app = app.clone();
+            async move { Ok::<_, Infallible>(metrics_response(&app, &req)) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+fn metrics_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&hyper::Method::GET, "/metrics") => {
+            refresh_gauges(app);
+            (StatusCode::OK, metrics::CONTENT_TYPE, metrics::render())
+        }
+        (_, "/metrics") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain; charset=utf-8",
+            "method not allowed\n".to_owned(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain; charset=utf-8",
+            "not found; metrics are at /metrics\n".to_owned(),
+        ),
+    };
+    let mut res = Response::new(Full::new(Bytes::from(body)));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
+    res
+}
+
+fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 async fn until_stopped(stop: &mut watch::Receiver<bool>) {
@@ -196,8 +511,8 @@ async fn until_stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Resolves on SIGTERM or Ctrl-C.
-pub async fn shutdown_signal() {
+/// Resolves on SIGTERM or Ctrl-C, saying which.
+pub async fn shutdown_signal() -> Signal {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };
@@ -213,7 +528,7 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     let term = std::future::pending::<()>();
     tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
+        _ = ctrl_c => Signal::Interrupt,
+        _ = term => Signal::Terminate,
     }
 }

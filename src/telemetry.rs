@@ -4,11 +4,15 @@
 //!
 //! Targets callers use: `billguard::access` (one line per request) and
 //! `billguard::auth` (one line per login outcome). What to log is the
-//! callers' business; this module only sets up where it goes.
+//! callers' business; this module only sets up where it goes, and hands
+//! `billguard::auth` events to the login counters in `metrics`.
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _, filter, fmt};
 
 use crate::cli::LogFormat;
+use crate::metrics;
 
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -27,13 +31,23 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
             directive: directive.to_owned(),
             reason: e.to_string(),
         })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    let output = match format {
+        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
+    // Login events are counted whatever the log filter says, and only they
+    // reach the metrics layer.
+    let logins = metrics::AuthEvents.with_filter(
+        filter::Targets::new().with_target(metrics::AUTH_TARGET, tracing::Level::TRACE),
+    );
+    // A second init (tests) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(output.with_filter(filter))
+        .with(logins)
+        .try_init();
     Ok(())
 }

@@ -82,7 +82,14 @@ const SECRETS: &[&str] = &["oidc.client_secret", "session.secret", "session.redi
 const KEYS: &[(&str, &[&str])] = &[
     (
         "",
-        &["listen", "upstream", "upstream_timeout", "metrics_listen"],
+        &[
+            "listen",
+            "upstream",
+            "upstream_timeout",
+            "metrics_listen",
+            "upstream_connect_timeout",
+            "upstream_ca_file",
+        ],
     ),
     (
         "oidc",
@@ -100,6 +107,8 @@ const KEYS: &[(&str, &[&str])] = &[
             "id_token_algs",
             "post_logout_redirect_uri",
             "allowed_groups",
+            "ca_file",
+            "request_timeout",
         ],
     ),
     (
@@ -133,6 +142,20 @@ const KEYS: &[(&str, &[&str])] = &[
         &["enabled", "alg", "key_file", "header", "ttl", "audience"],
     ),
     ("access_token", &["forward", "header"]),
+    (
+        "tls",
+        &[
+            "cert_file",
+            "key_file",
+            "handshake_timeout",
+            "reload_interval",
+        ],
+    ),
+    (
+        "limits",
+        &["header_read_timeout", "max_header_bytes", "max_connections"],
+    ),
+    ("shutdown", &["delay", "grace"]),
 ];
 
 /// The keys of one `[[routes]]` table.
@@ -230,17 +253,10 @@ impl Reader {
         let statement = self.statement(oidc.as_ref(), warnings);
         let access_token = self.access_token();
 
-        if let Some((value, origin)) = self.raw("metrics_listen") {
-            self.problem(
-                "metrics_listen",
-                &origin,
-                format!(
-                    "`{}` given, but this version of billguard has no metrics listener; \
-                     remove the setting",
-                    value_text(&value).unwrap_or_default()
-                ),
-            );
-        }
+        let metrics_listen = self.optional("metrics_listen", parse_socket_addr);
+        let tls = self.tls();
+        let limits = self.limits();
+        let shutdown = self.shutdown();
 
         Some(Config {
             listen: listen?,
@@ -253,6 +269,10 @@ impl Reader {
             bearer: bearer?,
             statement: statement?,
             access_token: access_token?,
+            metrics_listen: metrics_listen?,
+            tls: tls?,
+            limits: limits?,
+            shutdown: shutdown?,
         })
     }
 
@@ -263,6 +283,12 @@ impl Reader {
             Some(DEFAULT_UPSTREAM_TIMEOUT),
             parse_duration,
         );
+        let connect_timeout = self.parse(
+            "upstream_connect_timeout",
+            Some(DEFAULT_UPSTREAM_CONNECT_TIMEOUT),
+            parse_duration,
+        );
+        let ca = self.optional("upstream_ca_file", parse_ca_file);
         let url = url?;
         let authority = format!(
             "{}:{}",
@@ -273,6 +299,8 @@ impl Reader {
             url,
             authority,
             timeout: timeout?,
+            connect_timeout: connect_timeout?,
+            ca: ca?,
         })
     }
 
@@ -304,6 +332,12 @@ impl Reader {
             parse_browser_url(s, "the page the provider returns to after sign-out")
         });
         let allowed_groups = self.groups("oidc.allowed_groups");
+        let request_timeout = self.parse(
+            "oidc.request_timeout",
+            Some(DEFAULT_PROVIDER_TIMEOUT),
+            parse_duration,
+        );
+        let ca = self.optional("oidc.ca_file", parse_ca_file);
 
         if let Some(scopes) = &scopes
             && !scopes.iter().any(|s| s == "openid")
@@ -340,6 +374,8 @@ impl Reader {
             id_token_algs: id_token_algs?,
             post_logout_redirect_uri,
             allowed_groups: allowed_groups?,
+            request_timeout: request_timeout?,
+            ca: ca?,
         })
     }
 
@@ -766,6 +802,109 @@ impl Reader {
         Some(groups)
     }
 
+    fn tls(&mut self) -> Option<Option<Tls>> {
+        let cert_file = self.optional("tls.cert_file", |s| Ok(PathBuf::from(s)));
+        let key_file = self.optional("tls.key_file", |s| Ok(PathBuf::from(s)));
+        let handshake_timeout = self.parse(
+            "tls.handshake_timeout",
+            Some(DEFAULT_TLS_HANDSHAKE_TIMEOUT),
+            parse_duration,
+        );
+        let reload_interval = self.parse(
+            "tls.reload_interval",
+            Some(DEFAULT_TLS_RELOAD_INTERVAL),
+            parse_duration,
+        );
+
+        let (cert_file, key_file) = match (cert_file?, key_file?) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => return Some(None),
+            (Some(_), None) | (None, Some(_)) => {
+                let (given, missing) = if self.raw("tls.cert_file").is_some() {
+                    ("tls.cert_file", "tls.key_file")
+                } else {
+                    ("tls.key_file", "tls.cert_file")
+                };
+                let origin = self.origin_of(given);
+                self.problem(
+                    missing,
+                    &origin,
+                    format!("is required when {given} is set; give both PEM files, or neither"),
+                );
+                return None;
+            }
+        };
+        // Check the pair now, so a bad certificate fails the start (exit 2)
+        // and `billguard config` reports it.
+        if let Err(error) = crate::tls::load_identity(&cert_file, &key_file) {
+            let key = if error.is_key_problem() {
+                "tls.key_file"
+            } else {
+                "tls.cert_file"
+            };
+            let origin = self.origin_of(key);
+            self.problem(key, &origin, error.to_string());
+            return None;
+        }
+        Some(Some(Tls {
+            cert_file,
+            key_file,
+            handshake_timeout: handshake_timeout?,
+            reload_interval: reload_interval?,
+        }))
+    }
+
+    fn limits(&mut self) -> Option<Limits> {
+        let header_read_timeout = self.parse(
+            "limits.header_read_timeout",
+            Some(DEFAULT_HEADER_READ_TIMEOUT),
+            parse_duration,
+        );
+        let max_header_bytes = self.parse(
+            "limits.max_header_bytes",
+            Some(DEFAULT_MAX_HEADER_BYTES),
+            |s| match s.parse::<usize>() {
+                Ok(n) if (MIN_HEADER_BYTES..=16 << 20).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "`{s}` is not a size in bytes between {MIN_HEADER_BYTES} and 16777216; \
+                     for example 65536"
+                )),
+            },
+        );
+        let max_connections = self.parse(
+            "limits.max_connections",
+            Some(DEFAULT_MAX_CONNECTIONS),
+            |s| match s.parse::<usize>() {
+                Ok(n) if (1..=1 << 20).contains(&n) => Ok(n),
+                _ => Err(format!(
+                    "`{s}` is not a whole number between 1 and 1048576; for example 10000"
+                )),
+            },
+        );
+        Some(Limits {
+            header_read_timeout: header_read_timeout?,
+            max_header_bytes: max_header_bytes?,
+            max_connections: max_connections?,
+        })
+    }
+
+    fn shutdown(&mut self) -> Option<Shutdown> {
+        let delay = self.parse(
+            "shutdown.delay",
+            Some(DEFAULT_SHUTDOWN_DELAY),
+            parse_duration_or_zero,
+        );
+        let grace = self.parse(
+            "shutdown.grace",
+            Some(DEFAULT_SHUTDOWN_GRACE),
+            parse_duration_or_zero,
+        );
+        Some(Shutdown {
+            delay: delay?,
+            grace: grace?,
+        })
+    }
+
     // --- primitives ---
 
     /// The merged value of a key and the layer it came from.
@@ -1069,6 +1208,27 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|_| format!("`{s}` is not a duration; allowed: a duration such as 0s, 5s, 1m"))
+}
+
+fn parse_ca_file(s: &str) -> Result<CaBundle, String> {
+    let path = PathBuf::from(s);
+    let certs = crate::tls::read_ca_bundle(&path).map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (_, unusable) = roots.add_parsable_certificates(certs.iter().cloned());
+    if unusable > 0 {
+        return Err(format!(
+            "{}: {unusable} of {} certificates are not valid CA certificates; \
+             give a PEM bundle of CA certificates",
+            path.display(),
+            certs.len()
+        ));
+    }
+    Ok(CaBundle { path, certs })
+}
+
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
     s.parse().map_err(|_| {
         format!("`{s}` is not an address; allowed: ip:port such as 0.0.0.0:4180 or [::]:4180")
@@ -1077,11 +1237,11 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
 
 fn parse_upstream_url(s: &str) -> Result<Url, String> {
     let url = Url::parse(s).map_err(|e| {
-        format!("`{s}` is not a URL ({e}); allowed: http://host:port of the app, such as http://127.0.0.1:8080")
+        format!("`{s}` is not a URL ({e}); allowed: http://host:port or https://host:port of the app, such as http://127.0.0.1:8080")
     })?;
-    if url.scheme() != "http" {
+    if url.scheme() != "http" && url.scheme() != "https" {
         return Err(format!(
-            "`{s}` uses {}; allowed: an http:// URL (the app runs beside billguard)",
+            "`{s}` uses {}; allowed: an http:// URL (the app beside billguard) or https://",
             url.scheme()
         ));
     }
