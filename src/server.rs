@@ -465,7 +465,7 @@ async fn serve_metrics(
         let app = app.clone();
         let service = service_fn(move |req: Request<Incoming>| {
             let app = app.clone();
-            async move { Ok::<_, Infallible>(metrics_response(&app, &req)) }
+            async move { Ok::<_, Infallible>(metrics_response(&app, &req).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
         tokio::spawn(async move {
@@ -474,9 +474,11 @@ async fn serve_metrics(
     }
 }
 
-fn metrics_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn metrics_response(app: &App, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&hyper::Method::GET, "/metrics") => {
+            // The session count is exact only after pending evictions run.
+            app.sessions.housekeeping().await;
             refresh_gauges(app);
             (StatusCode::OK, metrics::CONTENT_TYPE, metrics::render())
         }

@@ -62,13 +62,18 @@ pub enum Error {
 // === impl Error ===
 
 impl Error {
-    /// Whether the private key (rather than the certificate) is to blame, so
-    /// configuration problems name the right key.
-    pub fn is_key_problem(&self) -> bool {
-        matches!(
-            self,
-            Error::NoKey { .. } | Error::BadKey { .. } | Error::Mismatch { .. }
-        )
+    /// The file to blame: for a mismatch, the key (it is the key that must
+    /// be replaced by the one the certificate was issued for).
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            Error::Read { path, .. }
+            | Error::NoCertificate { path }
+            | Error::BadCertificate { path, .. }
+            | Error::NoKey { path }
+            | Error::BadKey { path, .. } => Some(path),
+            Error::Mismatch { key, .. } => Some(key),
+            Error::Setup(_) => None,
+        }
     }
 }
 
@@ -311,7 +316,7 @@ mod tests {
         let (_dir, c, k) = files(&cert, &other_key);
         let error = load_identity(&c, &k).unwrap_err();
         assert!(matches!(error, Error::Mismatch { .. }), "{error}");
-        assert!(error.is_key_problem());
+        assert_eq!(error.file(), Some(k.as_path()));
     }
 
     #[test]

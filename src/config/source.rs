@@ -837,7 +837,7 @@ impl Reader {
         // Check the pair now, so a bad certificate fails the start (exit 2)
         // and `billguard config` reports it.
         if let Err(error) = crate::tls::load_identity(&cert_file, &key_file) {
-            let key = if error.is_key_problem() {
+            let key = if error.file() == Some(key_file.as_path()) {
                 "tls.key_file"
             } else {
                 "tls.cert_file"

@@ -12,4 +12,5 @@ mod failures;
 mod forwarding;
 mod login;
 mod policy_cli;
+mod ops;
 mod support;
