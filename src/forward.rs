@@ -4,11 +4,14 @@
 //!
 //! Bodies are never buffered: the browser's body is handed to the client as
 //! it arrives and the app's body is returned as a stream. The response
-//! headers must arrive within `upstream_timeout`; the body may take as long
-//! as it needs. The app may be plain HTTP (beside billguard in the pod) or
+//! headers must arrive within `upstream_timeout`, counted from the moment
+//! the request (body included) has been sent, so a large upload is not
+//! taken for a slow app; the response body may take as long as it needs. The app may be plain HTTP (beside billguard in the pod) or
 //! HTTPS (trusting the web roots and `upstream_ca_file`). The request id is
 //! set here, after every other header rewrite, so nothing can strip it.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -18,6 +21,7 @@ use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 
 use crate::request_id::{self, RequestId};
 use crate::{config, metrics, tls};
@@ -33,7 +37,7 @@ pub struct DrainGuard(pub tokio::sync::mpsc::Sender<()>);
 /// A handle to the app.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Incoming>,
+    client: Client<HttpsConnector<HttpConnector>, Sent<Incoming>>,
     scheme: hyper::http::uri::Scheme,
     authority: hyper::http::uri::Authority,
     timeout: Duration,
@@ -117,8 +121,19 @@ impl Upstream {
 
         let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let guard = req.extensions_mut().remove::<DrainGuard>();
+        let (done, body_sent) = oneshot::channel();
+        let req = req.map(|body| Sent::new(body, done));
         let started = std::time::Instant::now();
-        let sent = tokio::time::timeout(self.timeout, self.client.request(req)).await;
+        let response = self.client.request(req);
+        // The app cannot be expected to answer before it has the request.
+        let deadline = async {
+            let _ = body_sent.await;
+            tokio::time::sleep(self.timeout).await;
+        };
+        let sent = tokio::select! {
+            res = response => Ok(res),
+            () = deadline => Err(()),
+        };
         metrics::upstream_latency(started.elapsed());
         let mut res = match sent {
             Ok(Ok(res)) => res,
@@ -162,6 +177,57 @@ impl Upstream {
             });
         }
         Ok(res)
+    }
+}
+
+/// A request body that reports when it has been sent in full.
+pub struct Sent<B> {
+    inner: B,
+    done: Option<oneshot::Sender<()>>,
+}
+
+// === impl Sent ===
+
+impl<B: hyper::body::Body> Sent<B> {
+    fn new(inner: B, done: oneshot::Sender<()>) -> Self {
+        let mut sent = Sent {
+            inner,
+            done: Some(done),
+        };
+        if sent.inner.is_end_stream() {
+            sent.finish();
+        }
+        sent
+    }
+
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
+        }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Sent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None | Some(Err(_)))) || self.inner.is_end_stream() {
+            self.finish();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 

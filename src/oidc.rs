@@ -162,16 +162,19 @@ impl Provider {
         loop {
             match self.discover().await {
                 Ok(found) => {
-                    if failing || !self.is_ready() {
-                        tracing::info!(
-                            issuer = %self.inner.cfg.issuer_url,
-                            end_session = found.end_session.is_some(),
-                            "Provider metadata loaded"
-                        );
-                    }
+                    let news = failing || !self.is_ready();
+                    let end_session = found.end_session.is_some();
                     self.warn_about_algs(&found);
                     self.inner.discovered.store(Some(Arc::new(found)));
                     self.inner.ready.send_replace(true);
+                    // Logged once it is true, so whoever reads it can rely on it.
+                    if news {
+                        tracing::info!(
+                            issuer = %self.inner.cfg.issuer_url,
+                            end_session,
+                            "Provider metadata loaded"
+                        );
+                    }
                     failing = false;
                     delay = FIRST_RETRY;
                     tokio::time::sleep(REFRESH_EVERY).await;

@@ -31,7 +31,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -72,6 +72,8 @@ pub struct Running {
     provider: Provider,
     draining: Draining,
     stop: watch::Sender<bool>,
+    /// Fires once the listener is closed.
+    closed: Option<oneshot::Receiver<()>>,
     task: JoinHandle<()>,
 }
 
@@ -105,11 +107,20 @@ impl Running {
         self.draining.begin();
     }
 
-    /// Stops accepting, lets in-flight requests and upgraded connections
-    /// finish (up to `shutdown.grace`), and returns when done.
-    pub async fn shutdown(self) {
+    /// Closes the listener: new connections are refused from the moment
+    /// this returns. Requests in flight carry on.
+    pub async fn close(&mut self) {
         self.draining.begin();
         self.stop.send_replace(true);
+        if let Some(closed) = self.closed.take() {
+            let _ = closed.await;
+        }
+    }
+
+    /// Stops accepting, lets in-flight requests and upgraded connections
+    /// finish (up to `shutdown.grace`), and returns when done.
+    pub async fn shutdown(mut self) {
+        self.close().await;
         let _ = self.task.await;
     }
 }
@@ -124,7 +135,7 @@ pub async fn serve(config: Config) -> Result<(), Error> {
         })?;
     let shutdown = config.shutdown.clone();
     let https = config.tls.is_some();
-    let running = start(config, listener)?;
+    let mut running = start(config, listener)?;
     tracing::info!(addr = %running.addr(), https, "Listening");
     if let Some(addr) = running.metrics_addr() {
         tracing::info!(%addr, "Serving metrics at /metrics");
@@ -136,6 +147,7 @@ pub async fn serve(config: Config) -> Result<(), Error> {
         tracing::info!(delay = ?shutdown.delay, "Shutting down: readiness fails; still serving while Kubernetes stops routing here");
         tokio::time::sleep(shutdown.delay).await;
     }
+    running.close().await;
     tracing::info!(grace = ?shutdown.grace, "Shutting down: listener closed; draining in-flight requests");
     running.shutdown().await;
     tracing::info!("Stopped");
@@ -183,8 +195,9 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
     background.push(tokio::spawn(bypass::watch(config.upstream.url.clone())));
 
     let serving = Arc::new(Serving::new(app, &config, tls));
+    let (closing, closed) = oneshot::channel();
     let task = tokio::spawn(async move {
-        accept_loop(serving, listener, stopped).await;
+        accept_loop(serving, listener, stopped, closing).await;
         for task in background {
             task.abort();
         }
@@ -195,6 +208,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
         provider,
         draining,
         stop,
+        closed: Some(closed),
         task,
     })
 }
@@ -244,6 +258,7 @@ async fn accept_loop(
     serving: Arc<Serving>,
     listener: TcpListener,
     mut stopped: watch::Receiver<bool>,
+    closing: oneshot::Sender<()>,
 ) {
     // Every connection task (and every upgraded connection) holds a sender;
     // when all are dropped, the receiver sees the channel close and the
@@ -286,6 +301,7 @@ async fn accept_loop(
     }
 
     drop(listener);
+    let _ = closing.send(());
     drop(alive);
     tokio::select! {
         _ = all_closed.recv() => {}
