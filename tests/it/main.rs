@@ -11,6 +11,6 @@ mod demo;
 mod failures;
 mod forwarding;
 mod login;
-mod policy_cli;
 mod ops;
+mod policy_cli;
 mod support;
