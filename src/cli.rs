@@ -50,6 +50,13 @@ pub enum Command {
     /// Show which `[[routes]]` rule a request meets, on which normalized
     /// path, and what billguard does with it.
     Routes(RoutesArgs),
+    /// Test the provider settings: one line per check, with the fix when it
+    /// fails. Exit 0 when all pass, 1 when a check fails, 2 for a
+    /// configuration error.
+    Check(CheckArgs),
+    /// Read a password on stdin and print its argon2id hash, for
+    /// `password_hash` in the users file.
+    HashPassword,
 }
 
 #[derive(Debug, clap::Args)]
@@ -61,6 +68,16 @@ pub struct RoutesArgs {
     /// The request path, optionally with a query: `/admin/users?page=2`.
     #[arg(value_name = "PATH")]
     pub path: String,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, clap::Args)]

@@ -14,6 +14,7 @@ use hyper::header::HeaderName;
 use ipnet::IpNet;
 use url::Url;
 
+pub mod reload;
 pub mod source;
 
 pub use source::{Entry, Inputs, Loaded, Problem, Problems, load};
@@ -58,7 +59,9 @@ pub const MIN_SECRET_LEN: usize = 32;
 pub struct Config {
     pub listen: SocketAddr,
     pub upstream: Upstream,
-    pub oidc: Oidc,
+    /// `None` only when local login is on and no provider setting is given:
+    /// then local login alone signs users in.
+    pub oidc: Option<Oidc>,
     pub session: Session,
     pub headers: Headers,
     pub local_login: LocalLogin,
@@ -114,6 +117,15 @@ pub struct CaBundle {
     pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
+// A reload compares provider settings to keep the provider handle.
+impl PartialEq for CaBundle {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path && self.certs == other.certs
+    }
+}
+
+impl Eq for CaBundle {}
+
 /// Where the app listens: plain HTTP over loopback in a pod, or HTTPS when
 /// the app is elsewhere.
 #[derive(Clone, Debug)]
@@ -128,7 +140,7 @@ pub struct Upstream {
     pub ca: Option<CaBundle>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Oidc {
     pub provider_name: String,
     pub issuer_url: String,
@@ -188,8 +200,12 @@ pub struct Headers {
 
 #[derive(Clone, Debug)]
 pub struct LocalLogin {
+    /// Username and password sign-in on the sign-in page.
+    pub enabled: bool,
     pub users_file: Option<PathBuf>,
-    /// Users admitted when `oidc.auto_provision` is off.
+    /// The users file: who may sign in with a password (those with a
+    /// `password_hash`), and who is admitted when `oidc.auto_provision` is
+    /// off.
     pub users: Vec<KnownUser>,
 }
 
@@ -239,12 +255,14 @@ pub struct KnownUser {
     pub email: Option<String>,
     #[serde(default)]
     pub role: Option<String>,
+    /// An argon2id PHC string (`$argon2id$v=19$...`), as printed by
+    /// `billguard hash-password`; checked when the file is loaded.
     #[serde(default)]
     pub password_hash: Option<String>,
 }
 
 /// A value that must never be printed: its `Debug` shows only that it is set.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 // === impl Secret ===

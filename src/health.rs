@@ -44,13 +44,19 @@ pub fn ready(app: &App) -> Response<Body> {
             &json!({"ready": false, "provider": "shutting down"}),
         );
     }
-    if app.provider.is_ready() {
+    let Some(provider) = &app.provider else {
+        return respond::json(
+            StatusCode::OK,
+            &json!({"ready": true, "provider": "none (local login only)"}),
+        );
+    };
+    if provider.is_ready() {
         respond::json(
             StatusCode::OK,
             &json!({"ready": true, "provider": "loaded"}),
         )
     } else {
-        app.provider.wake();
+        provider.wake();
         respond::json(
             StatusCode::SERVICE_UNAVAILABLE,
             &json!({"ready": false, "provider": "metadata not loaded yet"}),

@@ -72,6 +72,30 @@ pub struct RoleReason {
     pub explanation: String,
 }
 
+/// `sub` of a user who signed in with a password, before the username.
+const LOCAL_SUBJECT_PREFIX: &str = "local:";
+
+// === impl Identity ===
+
+impl Identity {
+    /// A user of the users file who signed in with a password: the role is
+    /// the file's, and there are no groups.
+    pub fn local(username: &str, email: Option<String>, role: Role) -> Identity {
+        Identity {
+            subject: format!("{LOCAL_SUBJECT_PREFIX}{username}"),
+            user: username.to_owned(),
+            email,
+            groups: Vec::new(),
+            role,
+        }
+    }
+
+    /// Whether this identity came from local login rather than the provider.
+    pub fn is_local(&self) -> bool {
+        self.subject.starts_with(LOCAL_SUBJECT_PREFIX) && self.groups.is_empty()
+    }
+}
+
 // === impl Policy ===
 
 impl Policy {
@@ -110,6 +134,19 @@ impl Policy {
 
     /// Why `identity` has its role, in words for an operator.
     pub fn explain(&self, identity: &Identity) -> RoleReason {
+        if identity.is_local() {
+            return RoleReason {
+                admin_group: self.admin_group.clone(),
+                member: false,
+                explanation: format!(
+                    "signed in with a password; the role `{}` comes from the users file",
+                    match identity.role {
+                        Role::Admin => "admin",
+                        Role::User => "user",
+                    }
+                ),
+            };
+        }
         let member = self
             .admin_group
             .as_ref()

@@ -3,16 +3,20 @@
 //! headers. The binary is a thin runbook over these modules; the library
 //! exists so integration tests can start the real server.
 
+pub mod admin;
 pub mod app;
 pub mod bearer;
 pub mod bypass;
+pub mod check;
 pub mod cli;
 pub mod config;
+pub mod csrf;
 pub mod demo;
 pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod identity;
+pub mod local_login;
 pub mod login;
 pub mod metrics;
 pub mod oidc;

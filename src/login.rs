@@ -123,7 +123,16 @@ impl Logins {
 
 /// Sends the browser to the provider, remembering `return_to`.
 pub async fn start(app: &App, headers: &HeaderMap, return_to: &str) -> Response<Body> {
-    let provider = &app.provider;
+    let Some(provider) = &app.provider else {
+        tracing::warn!(target: "billguard::auth", outcome = "refused", reason = "no_provider", "Login refused: no provider is configured");
+        return Failure::new(
+            StatusCode::NOT_FOUND,
+            "Single sign-on is not set up",
+            "This service has no single sign-on yet. Sign in with your username and password.",
+        )
+        .with_retry(crate::local_login::sign_in_href(return_to))
+        .into_response(true);
+    };
     let Ok(started) = provider.begin() else {
         provider.wake();
         tracing::warn!(target: "billguard::auth", outcome = "unavailable", "Login refused: provider metadata not loaded");
@@ -262,8 +271,10 @@ pub async fn callback(app: &App, headers: &HeaderMap, query: Option<&str>) -> Re
 /// Exchanges the code, admits the user, and opens a session.
 async fn complete(app: &App, code: &str, pending: &Pending) -> Response<Body> {
     let retry = start_href(&pending.return_to);
-    let completed = match app
-        .provider
+    let Some(provider) = &app.provider else {
+        return flow_failure(&FlowError::NotReady, retry);
+    };
+    let completed = match provider
         .finish(code, &pending.pkce_verifier, &pending.nonce)
         .await
     {
@@ -413,18 +424,29 @@ fn auth_failure(reason: &'static str, detail: &str, failure: Failure) -> Respons
 /// (OIDC RP-Initiated Logout §2).
 pub async fn sign_out(app: &App, headers: &HeaderMap) -> Response<Body> {
     let session = app.sessions.lookup(headers).await;
-    let hint = match &session {
+    let (hint, local) = match &session {
         Some((id, session)) => {
             app.sessions.remove(id).await;
             tracing::info!(target: "billguard::auth", outcome = "signed_out", user = %session.identity.user, "Signed out");
-            session.id_token.clone()
+            (session.id_token.clone(), session.identity.is_local())
         }
-        None => None,
+        None => (None, false),
     };
 
-    let mut res = match app.provider.logout_url(hint.as_deref()) {
+    // A password session has nothing to end at the provider.
+    let provider_logout = app
+        .provider
+        .as_ref()
+        .filter(|_| !local)
+        .and_then(|p| p.logout_url(hint.as_deref()));
+    let sign_in = if app.local.enabled {
+        crate::local_login::sign_in_href("/")
+    } else {
+        start_href("/")
+    };
+    let mut res = match provider_logout {
         Some(url) => respond::redirect(url.as_str()),
-        None => respond::html_response(StatusCode::OK, crate::pages::signed_out(&start_href("/"))),
+        None => respond::html_response(StatusCode::OK, crate::pages::signed_out(&sign_in)),
     };
     res.headers_mut()
         .append(header::SET_COOKIE, app.sessions.clear_cookie());

@@ -4,9 +4,11 @@
 
 use std::process::ExitCode;
 
-use billguard::cli::{Cli, Command, DemoArgs, RoutesArgs, ServeArgs};
+use std::io::{IsTerminal as _, Read as _};
+
+use billguard::cli::{CheckArgs, Cli, Command, DemoArgs, RoutesArgs, ServeArgs};
 use billguard::config::{self, Inputs, Loaded};
-use billguard::{demo, server, telemetry};
+use billguard::{check, demo, local_login, server, telemetry};
 use clap::Parser;
 
 const EXIT_RUNTIME: u8 = 1;
@@ -28,6 +30,8 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(cli.config, args),
         Command::Config(args) => print_config(cli.config, args),
         Command::Routes(args) => print_route(cli.config, args),
+        Command::Check(args) => run_check(cli.config, args),
+        Command::HashPassword => hash_password(),
         Command::Demo(args) => run_demo(args),
     }
 }
@@ -58,35 +62,31 @@ fn run_demo(args: DemoArgs) -> ExitCode {
 }
 
 fn serve(file: Option<std::path::PathBuf>, args: ServeArgs) -> ExitCode {
-    let Some(loaded) = load(file, args) else {
+    let inputs = inputs(file, args);
+    let Some(loaded) = load(&inputs) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     for warning in &loaded.warnings {
         tracing::warn!("{warning}");
     }
     let cfg = &loaded.config;
+    let oidc = cfg.oidc.as_ref();
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         upstream = %cfg.upstream.url,
-        issuer = %cfg.oidc.issuer_url,
-        callback = %cfg.oidc.redirect_uri.path(),
-        admin_group = cfg.oidc.admin_group.as_deref().unwrap_or("(none: nobody is admin)"),
+        issuer = oidc.map_or("(none: local login only)", |o| o.issuer_url.as_str()),
+        callback = oidc.map_or("-", |o| o.redirect_uri.path()),
+        admin_group = oidc.and_then(|o| o.admin_group.as_deref()).unwrap_or("(none: nobody is admin)"),
+        local_login = cfg.local_login.enabled,
         sessions = "memory",
         secure_cookies = cfg.session.secure_cookies,
         "Starting billguard"
     );
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(error) => {
-            tracing::error!(%error, "Cannot start the async runtime");
-            return ExitCode::from(EXIT_RUNTIME);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_RUNTIME);
     };
-    match runtime.block_on(server::serve(loaded.config)) {
+    match runtime.block_on(server::serve(loaded, inputs)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "billguard stopped");
@@ -96,7 +96,7 @@ fn serve(file: Option<std::path::PathBuf>, args: ServeArgs) -> ExitCode {
 }
 
 fn print_config(file: Option<std::path::PathBuf>, args: ServeArgs) -> ExitCode {
-    let Some(loaded) = load(file, args) else {
+    let Some(loaded) = load(&inputs(file, args)) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let width = loaded
@@ -123,11 +123,14 @@ fn print_route(file: Option<std::path::PathBuf>, args: RoutesArgs) -> ExitCode {
         listen: None,
         upstream: None,
     };
-    let Some(loaded) = load(file, no_flags) else {
+    let Some(loaded) = load(&inputs(file, no_flags)) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let cfg = &loaded.config;
-    let callback = cfg.oidc.redirect_uri.path();
+    let callback = cfg
+        .oidc
+        .as_ref()
+        .map_or("/api/auth/oidc/callback", |o| o.redirect_uri.path());
     print!(
         "{}",
         billguard::policy::explain(&cfg.routes, callback, method, &args.path)
@@ -135,12 +138,105 @@ fn print_route(file: Option<std::path::PathBuf>, args: RoutesArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Loads the configuration, printing every problem on failure.
-fn load(file: Option<std::path::PathBuf>, args: ServeArgs) -> Option<Loaded> {
+/// The provider test: one line per check, then a summary.
+fn run_check(file: Option<std::path::PathBuf>, args: CheckArgs) -> ExitCode {
+    let inputs = inputs(file, args.serve);
+    let loaded = match config::load(&inputs) {
+        Ok(loaded) => loaded,
+        Err(problems) if args.json => {
+            let problems: Vec<String> = problems.0.iter().map(ToString::to_string).collect();
+            let out = serde_json::json!({"result": "config_error", "problems": problems});
+            println!("{out}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(_) => {
+            // Printed by `load`.
+            let _ = load(&inputs);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(EXIT_RUNTIME);
+    };
+    let report = runtime.block_on(check::run(loaded.config.oidc.as_ref()));
+
+    let (result, code) = if report.is_config_error() {
+        ("config_error", EXIT_CONFIG)
+    } else if report.failed() > 0 {
+        ("fail", EXIT_RUNTIME)
+    } else {
+        ("pass", 0)
+    };
+    if args.json {
+        let out = serde_json::json!({"result": result, "checks": report.outcomes});
+        println!("{out}");
+    } else {
+        for outcome in &report.outcomes {
+            println!("{outcome}");
+        }
+        let passed = report.outcomes.len() - report.failed() - report.warned();
+        println!(
+            "billguard check: {} failed, {} warning(s), {passed} passed",
+            report.failed(),
+            report.warned()
+        );
+    }
+    ExitCode::from(code)
+}
+
+/// Reads a password from stdin and prints its hash.
+fn hash_password() -> ExitCode {
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Type the password, then Enter (it is shown as you type):");
+    }
+    let mut text = String::new();
+    if let Err(error) = stdin.read_to_string(&mut text) {
+        eprintln!("billguard: cannot read the password from stdin: {error}");
+        return ExitCode::from(EXIT_RUNTIME);
+    }
+    // One trailing line break is the end of input, not the password.
+    let password = text
+        .strip_suffix('\n')
+        .map(|t| t.strip_suffix('\r').unwrap_or(t))
+        .unwrap_or(&text);
+    match local_login::hash_password(password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!(
+                "billguard: {error}; give the password on stdin, such as `printf '%s' \"$PW\" | billguard hash-password`"
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime");
+            None
+        }
+    }
+}
+
+fn inputs(file: Option<std::path::PathBuf>, args: ServeArgs) -> Inputs {
     let mut inputs = Inputs::from_process(file);
     inputs.listen_flag = args.listen;
     inputs.upstream_flag = args.upstream;
-    match config::load(&inputs) {
+    inputs
+}
+
+/// Loads the configuration, printing every problem on failure.
+fn load(inputs: &Inputs) -> Option<Loaded> {
+    match config::load(inputs) {
         Ok(loaded) => Some(loaded),
         Err(problems) => {
             eprintln!(

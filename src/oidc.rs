@@ -28,7 +28,7 @@ use crate::config;
 
 pub mod flow;
 
-pub use flow::{Completed, Error as FlowError, Started};
+pub use flow::{Completed, Error as FlowError, Probe, Started};
 
 /// The client type once discovery has set the endpoints.
 pub type Client = CoreClient<

@@ -1,6 +1,7 @@
 //! HTML pages billguard shows to browser users, rendered with askama
-//! templates from `templates/` (escaped by default). Pages get a ready view;
-//! they decide nothing.
+//! templates from `templates/` (escaped by default): errors, signed out,
+//! the sign-in page and the admin panel. Pages get a ready view; they
+//! decide nothing.
 
 use askama::Template;
 
@@ -19,6 +20,66 @@ struct ErrorPage<'a> {
 #[template(path = "signed_out.html")]
 struct SignedOutPage<'a> {
     sign_in: &'a str,
+}
+
+/// What the sign-in page shows.
+#[derive(Template)]
+#[template(path = "sign_in.html")]
+pub struct SignIn<'a> {
+    /// The provider's name; `None` when no provider is configured.
+    pub provider: Option<&'a str>,
+    /// Where the provider button leads.
+    pub start: &'a str,
+    /// Whether the username and password form is shown.
+    pub local: bool,
+    pub action: &'a str,
+    pub csrf: &'a str,
+    pub return_to: &'a str,
+    pub error: Option<&'a str>,
+}
+
+/// The sign-in page.
+pub fn sign_in(view: &SignIn<'_>) -> String {
+    render(view)
+}
+
+/// What the admin panel shows.
+#[derive(Template)]
+#[template(path = "admin.html")]
+pub struct AdminPanel<'a> {
+    pub admin: &'a str,
+    pub provider: Option<&'a str>,
+    pub local: bool,
+    pub sessions: u64,
+    pub reloads_applied: u64,
+    pub reloads_rejected: u64,
+    pub last_rejection: Option<&'a str>,
+    pub settings: Vec<Setting<'a>>,
+    /// The provider test's lines, after it was run.
+    pub check: Option<Vec<CheckLine<'a>>>,
+    pub notice: Option<&'a str>,
+    pub csrf: &'a str,
+    pub action: &'a str,
+}
+
+/// One effective setting; secret values arrive masked.
+pub struct Setting<'a> {
+    pub key: &'a str,
+    pub value: &'a str,
+    pub source: &'a str,
+}
+
+/// One line of the provider test.
+pub struct CheckLine<'a> {
+    pub status: &'a str,
+    pub name: &'a str,
+    pub detail: &'a str,
+    pub fix: Option<&'a str>,
+}
+
+/// The admin panel.
+pub fn admin(view: &AdminPanel<'_>) -> String {
+    render(view)
 }
 
 /// The page for a failed request.

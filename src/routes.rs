@@ -12,10 +12,11 @@
 //! 4. **Credentials.** A public path needs none. Any other needs a session,
 //!    found by the session cookie, or else a valid `Authorization: Bearer`
 //!    token (see `bearer`); a refused token is a 401 `invalid_token`.
-//! 5. **No credentials.** A browser navigation is sent to the provider and
-//!    comes back to the same page after login; a script (fetch, XHR, API
-//!    client) gets 401 `application/problem+json` with the sign-in URL,
-//!    never a redirect it cannot follow.
+//! 5. **No credentials.** A browser navigation is sent to the sign-in page
+//!    while local login is on, else straight to the provider, and comes back
+//!    to the same page after login; a script (fetch, XHR, API client) gets
+//!    401 `application/problem+json` with the sign-in URL, never a redirect
+//!    it cannot follow.
 //! 6. **Role.** An admin path for anyone but an admin is a 403.
 //! 7. **Rewrite.** Hop-by-hop headers, look-alike identity headers and
 //!    billguard's cookies go; `X-Forwarded-*` and the identity headers are
@@ -37,12 +38,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::Instrument as _;
 
+use crate::admin;
 use crate::app::App;
 use crate::bearer::{self, Credential};
 use crate::forward;
 use crate::headers::{IdentityValues, Peer};
 use crate::health;
 use crate::identity::{Identity, Refusal, Role};
+use crate::local_login::{self, sign_in_href};
 use crate::login::{self, safe_return_to, start_href};
 use crate::metrics;
 use crate::policy::{self, Access, Normalized};
@@ -59,11 +62,12 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Re
     let path = req.uri().path().to_owned();
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
-    let kind = if path == app.callback_path || path.starts_with(OWN_PREFIX) {
-        metrics::RouteKind::Owned
-    } else {
-        metrics::RouteKind::Proxied
-    };
+    let kind =
+        if Some(path.as_str()) == app.callback_path.as_deref() || path.starts_with(OWN_PREFIX) {
+            metrics::RouteKind::Owned
+        } else {
+            metrics::RouteKind::Proxied
+        };
 
     let span = tracing::info_span!("request", id = %id);
     let (mut res, caller) = route(&app, req, peer).instrument(span).await;
@@ -102,7 +106,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
     };
     let path = normalized.decoded.as_str();
 
-    if path == app.callback_path {
+    if Some(path) == app.callback_path.as_deref() {
         if !is_read(req.method()) {
             return (method_not_allowed(), None);
         }
@@ -112,7 +116,8 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
         );
     }
     if let Some(endpoint) = path.strip_prefix(OWN_PREFIX) {
-        let (res, session) = own(app, endpoint, &req, navigation).await;
+        let endpoint = endpoint.to_owned();
+        let (res, session) = own(app, &endpoint, req, peer, navigation).await;
         return (res, session.map(Caller::Session));
     }
     proxy(app, req, peer, navigation, normalized).await
@@ -122,12 +127,23 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
 async fn own(
     app: &App,
     endpoint: &str,
-    req: &Request<Incoming>,
+    req: Request<Incoming>,
+    peer: Peer,
     navigation: bool,
 ) -> (Response<Body>, Option<Arc<Session>>) {
-    let headers = req.headers();
     let read = is_read(req.method());
+    let post = req.method() == Method::POST;
+    if post && endpoint == "sign_in" {
+        return (local_login::submit(app, req, peer).await, None);
+    }
+    if post && endpoint == "admin" {
+        return (admin::act(app, req).await, None);
+    }
+    let req = &req;
+    let headers = req.headers();
     let res = match endpoint {
+        "sign_in" if read => local_login::page(app, headers, req.uri().query()),
+        "admin" if read => admin::panel(app, headers).await,
         "health" if read => health::health(),
         "ready" if read => health::ready(app),
         "whoami" if read => health::whoami(app, headers).await,
@@ -150,7 +166,8 @@ async fn own(
             Some(signer) => respond::json(StatusCode::OK, &signer.jwks()),
             None => Failure::not_found().into_response(navigation),
         },
-        "health" | "ready" | "whoami" | "start" | "sign_out" | "jwks.json" => method_not_allowed(),
+        "health" | "ready" | "whoami" | "start" | "sign_out" | "jwks.json" | "sign_in"
+        | "admin" => method_not_allowed(),
         _ => Failure::not_found().into_response(navigation),
     };
     (res, None)
@@ -257,8 +274,10 @@ async fn authenticate(
     if let Some((_, session)) = app.sessions.lookup(req.headers()).await {
         return Ok(Caller::Session(session));
     }
+    let Some(verifier) = app.bearer.as_ref().filter(|b| b.enabled()) else {
+        return Err(unauthenticated(app, req, navigation).await);
+    };
     let token = match bearer::credential(req.headers()) {
-        _ if !app.bearer.enabled() => None,
         Credential::None => None,
         Credential::Bearer(token) => Some(Ok(token)),
         Credential::Malformed => Some(Err(bearer::Rejection::Invalid("malformed"))),
@@ -267,8 +286,7 @@ async fn authenticate(
         return Err(unauthenticated(app, req, navigation).await);
     };
     let checked = match token {
-        Ok(token) => app
-            .bearer
+        Ok(token) => verifier
             .verify(token, &app.policy)
             .await
             .map(|caller| Caller::Bearer(caller, token.to_owned())),
@@ -307,7 +325,8 @@ fn set_path(req: &mut Request<Incoming>, path: &str) -> bool {
     }
 }
 
-/// No session: browsers go to the provider, scripts get a 401.
+/// No session: browsers go to the sign-in page (local login on) or the
+/// provider, scripts get a 401.
 async fn unauthenticated(app: &App, req: &Request<Incoming>, navigation: bool) -> Response<Body> {
     let target = req
         .uri()
@@ -315,9 +334,18 @@ async fn unauthenticated(app: &App, req: &Request<Incoming>, navigation: bool) -
         .map(|p| p.as_str())
         .unwrap_or("/");
     let return_to = safe_return_to(target).unwrap_or_else(|| "/".to_owned());
+    let local = app.local.enabled;
+    if navigation && local {
+        return respond::redirect(&sign_in_href(&return_to));
+    }
     if navigation {
         return login::start(app, req.headers(), &return_to).await;
     }
+    let sign_in = if local {
+        sign_in_href(&return_to)
+    } else {
+        start_href(&return_to)
+    };
     let mut res = respond::problem_json(
         StatusCode::UNAUTHORIZED,
         &json!({
@@ -325,14 +353,14 @@ async fn unauthenticated(app: &App, req: &Request<Incoming>, navigation: bool) -
             "title": "Not signed in",
             "status": 401,
             "detail": "This request needs a session. Sign in with a browser first.",
-            "sign_in": start_href(&return_to),
+            "sign_in": sign_in,
         }),
     );
     res.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         header::HeaderValue::from_static("Cookie realm=\"billguard\""),
     );
-    if app.bearer.enabled() {
+    if app.bearer.as_ref().is_some_and(|b| b.enabled()) {
         res.headers_mut().append(
             header::WWW_AUTHENTICATE,
             header::HeaderValue::from_static("Bearer realm=\"billguard\""),

@@ -35,12 +35,12 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
-use crate::app::App;
-use crate::config::Config;
+use crate::app::{App, Live};
+use crate::config::{self, Config, Entry, Inputs, Loaded};
 use crate::forward::DrainGuard;
 use crate::headers::Peer;
 use crate::health::Draining;
-use crate::oidc::{self, Provider};
+use crate::oidc;
 use crate::{bypass, metrics, routes, tls};
 
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
@@ -69,7 +69,7 @@ pub enum Error {
 pub struct Running {
     addr: SocketAddr,
     metrics_addr: Option<SocketAddr>,
-    provider: Provider,
+    live: Live,
     draining: Draining,
     stop: watch::Sender<bool>,
     /// Fires once the listener is closed.
@@ -96,9 +96,17 @@ impl Running {
         self.metrics_addr
     }
 
-    /// Resolves once the provider metadata is loaded.
+    /// Resolves once the provider metadata is loaded (at once without a
+    /// provider).
     pub async fn wait_ready(&self) {
-        self.provider.wait_ready().await;
+        if let Some(provider) = &self.live.load().provider {
+            provider.wait_ready().await;
+        }
+    }
+
+    /// The App in force, which a configuration reload replaces.
+    pub fn live(&self) -> &Live {
+        &self.live
     }
 
     /// The first step of a shutdown: readiness fails from now on, while
@@ -125,17 +133,16 @@ impl Running {
     }
 }
 
-/// Binds `config.listen` and serves until SIGTERM or Ctrl-C.
-pub async fn serve(config: Config) -> Result<(), Error> {
-    let listener = TcpListener::bind(config.listen)
+/// Binds `listen` and serves until SIGTERM or Ctrl-C, reloading the
+/// configuration from `inputs` on SIGHUP and when its files change.
+pub async fn serve(loaded: Loaded, inputs: Inputs) -> Result<(), Error> {
+    let addr = loaded.config.listen;
+    let listener = TcpListener::bind(addr)
         .await
-        .map_err(|source| Error::Bind {
-            addr: config.listen,
-            source,
-        })?;
-    let shutdown = config.shutdown.clone();
-    let https = config.tls.is_some();
-    let mut running = start(config, listener)?;
+        .map_err(|source| Error::Bind { addr, source })?;
+    let shutdown = loaded.config.shutdown.clone();
+    let https = loaded.config.tls.is_some();
+    let mut running = start_reloading(loaded, inputs, listener)?;
     tracing::info!(addr = %running.addr(), https, "Listening");
     if let Some(addr) = running.metrics_addr() {
         tracing::info!(%addr, "Serving metrics at /metrics");
@@ -154,17 +161,49 @@ pub async fn serve(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
-/// Serves on an already bound listener (tests bind port 0 first).
+/// Serves on an already bound listener (tests bind port 0 first), with
+/// this configuration for good.
 pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
+    launch(config, Vec::new(), None, listener)
+}
+
+/// Serves on an already bound listener and reloads the configuration from
+/// `inputs` on SIGHUP and when its files change.
+pub fn start_reloading(
+    loaded: Loaded,
+    inputs: Inputs,
+    listener: TcpListener,
+) -> Result<Running, Error> {
+    launch(loaded.config, loaded.entries, Some(inputs), listener)
+}
+
+fn launch(
+    config: Config,
+    settings: Vec<Entry>,
+    reload: Option<Inputs>,
+    listener: TcpListener,
+) -> Result<Running, Error> {
     let addr = listener.local_addr().map_err(|source| Error::Bind {
         addr: config.listen,
         source,
     })?;
-    let app = Arc::new(App::new(&config)?);
-    let provider = app.provider.clone();
-    let draining = app.draining.clone();
+    let live = Live::new(App::build(config.clone(), settings, None)?);
+    let draining = live.load().draining.clone();
     let (stop, stopped) = watch::channel(false);
     let mut background = Vec::new();
+
+    if let Some(inputs) = reload {
+        let (live, also) = (live.clone(), live.clone());
+        let apply = move |loaded: Loaded| {
+            live.replace(loaded.config, loaded.entries)
+                .map_err(|e| e.to_string())
+        };
+        let reject = move |reason| also.rejected(reason);
+        let users_file = config.local_login.users_file.clone();
+        background.push(tokio::spawn(config::reload::run(
+            inputs, users_file, apply, reject,
+        )));
+    }
 
     let tls = match &config.tls {
         Some(cfg) => {
@@ -182,7 +221,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
                 .map_err(|source| Error::MetricsBind { addr, source })?;
             background.push(tokio::spawn(serve_metrics(
                 metrics,
-                app.clone(),
+                live.clone(),
                 stopped.clone(),
             )));
             Some(bound)
@@ -190,11 +229,11 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
         None => None,
     };
 
-    background.push(tokio::spawn(provider.clone().run()));
-    background.push(tokio::spawn(housekeeping(app.clone())));
+    // The provider's discovery runs with the App (see `app`).
+    background.push(tokio::spawn(housekeeping(live.clone())));
     background.push(tokio::spawn(bypass::watch(config.upstream.url.clone())));
 
-    let serving = Arc::new(Serving::new(app, &config, tls));
+    let serving = Arc::new(Serving::new(live.clone(), &config, tls));
     let (closing, closed) = oneshot::channel();
     let task = tokio::spawn(async move {
         accept_loop(serving, listener, stopped, closing).await;
@@ -205,7 +244,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
     Ok(Running {
         addr,
         metrics_addr,
-        provider,
+        live,
         draining,
         stop,
         closed: Some(closed),
@@ -215,7 +254,7 @@ pub fn start(config: Config, listener: TcpListener) -> Result<Running, Error> {
 
 /// What every connection of the public listener shares.
 struct Serving {
-    app: Arc<App>,
+    live: Live,
     tls: Option<TlsAcceptor>,
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
@@ -227,7 +266,7 @@ struct Serving {
 // === impl Serving ===
 
 impl Serving {
-    fn new(app: Arc<App>, config: &Config, tls: Option<TlsAcceptor>) -> Self {
+    fn new(live: Live, config: &Config, tls: Option<TlsAcceptor>) -> Self {
         let limits = &config.limits;
         let mut h1 = http1::Builder::new();
         h1.timer(TokioTimer::new())
@@ -240,7 +279,7 @@ impl Serving {
             .max_concurrent_streams(H2_MAX_STREAMS)
             .keep_alive_interval(H2_KEEP_ALIVE);
         Serving {
-            app,
+            live,
             tls,
             http1: h1,
             http2: h2,
@@ -362,7 +401,7 @@ async fn serve_http1<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service(serving.app.clone(), peer, alive.clone());
+    let service = service(serving.live.clone(), peer, alive.clone());
     let conn = serving.http1.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -389,7 +428,7 @@ async fn serve_http2<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service(serving.app.clone(), peer, alive.clone());
+    let service = service(serving.live.clone(), peer, alive.clone());
     let conn = serving.http2.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -408,7 +447,7 @@ async fn serve_http2<I>(
 
 /// The per-connection service: hands each request to `routes`.
 fn service(
-    app: Arc<App>,
+    live: Live,
     peer: Peer,
     alive: mpsc::Sender<()>,
 ) -> impl hyper::service::Service<
@@ -418,7 +457,8 @@ fn service(
     Future = impl Future<Output = Result<Response<crate::respond::Body>, Infallible>> + Send,
 > + Clone {
     service_fn(move |mut req: Request<Incoming>| {
-        let app = app.clone();
+        // Each request runs on the App in force when it arrives.
+        let app: Arc<App> = live.load();
         // An upgraded connection outlives its request; it keeps this so
         // the drain waits for it too.
         req.extensions_mut().insert(DrainGuard(alive.clone()));
@@ -438,10 +478,11 @@ fn service(
 
 /// Refreshes what is measured rather than counted, and runs the session
 /// store's housekeeping.
-async fn housekeeping(app: Arc<App>) {
+async fn housekeeping(live: Live) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     loop {
         tick.tick().await;
+        let app = live.load();
         app.sessions.housekeeping().await;
         refresh_gauges(&app);
     }
@@ -449,13 +490,13 @@ async fn housekeeping(app: Arc<App>) {
 
 fn refresh_gauges(app: &App) {
     metrics::sessions_active(app.sessions.len());
-    metrics::provider_up(app.provider.is_ready());
+    metrics::provider_up(app.is_ready());
 }
 
 /// The metrics listener: `GET /metrics` and nothing else.
 async fn serve_metrics(
     listener: std::net::TcpListener,
-    app: Arc<App>,
+    live: Live,
     mut stopped: watch::Receiver<bool>,
 ) {
     let Ok(listener) = TcpListener::from_std(listener) else {
@@ -478,9 +519,9 @@ async fn serve_metrics(
             },
             _ = until_stopped(&mut stopped) => return,
         };
-        let app = app.clone();
+        let live = live.clone();
         let service = service_fn(move |req: Request<Incoming>| {
-            let app = app.clone();
+            let app = live.load();
             async move { Ok::<_, Infallible>(metrics_response(&app, &req).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);

@@ -114,6 +114,27 @@ impl Store {
         self.cache.invalidate(id).await;
     }
 
+    /// Live sessions, exactly: pending expiries are applied first.
+    pub async fn count(&self) -> u64 {
+        self.cache.run_pending_tasks().await;
+        self.cache.entry_count()
+    }
+
+    /// Ends every session of `user` (the name in `X-Forwarded-User`,
+    /// compared exactly) and returns how many there were.
+    pub async fn end_user(&self, user: &str) -> usize {
+        let ids: Vec<SessionId> = self
+            .cache
+            .iter()
+            .filter(|(_, session)| session.identity.user == user)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &ids {
+            self.cache.invalidate(id).await;
+        }
+        ids.len()
+    }
+
     /// Live sessions (approximate until housekeeping runs).
     pub fn len(&self) -> u64 {
         self.cache.entry_count()
@@ -299,6 +320,24 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(s.lookup(&h).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn ending_a_users_sessions_leaves_the_others() {
+        let s = store(Duration::from_secs(60), Duration::from_secs(60));
+        let mut bob = who();
+        bob.user = "bob".into();
+        let a1 = s.create(who(), None).await;
+        s.create(who(), None).await;
+        let b = s.create(bob, None).await;
+        assert_eq!(s.count().await, 3);
+
+        assert_eq!(s.end_user("alice").await, 2);
+        assert_eq!(s.count().await, 1);
+        let h = |id: SessionId| cookie_headers(&format!("__Host-billguard_session={id}"));
+        assert!(s.lookup(&h(a1)).await.is_none());
+        assert!(s.lookup(&h(b)).await.is_some());
+        assert_eq!(s.end_user("nobody").await, 0);
     }
 
     #[test]

@@ -75,6 +75,15 @@ enum Origin {
     Default,
 }
 
+/// The settings that name a provider; with local login on and none of
+/// them given, billguard runs without one.
+const PROVIDER_KEYS: [&str; 4] = [
+    "oidc.issuer_url",
+    "oidc.client_id",
+    "oidc.client_secret",
+    "oidc.redirect_uri",
+];
+
 /// Settings whose values are never shown.
 const SECRETS: &[&str] = &["oidc.client_secret", "session.secret", "session.redis_url"];
 
@@ -244,13 +253,21 @@ impl Reader {
     fn config(&mut self, warnings: &mut Vec<String>) -> Option<Config> {
         let listen = self.parse("listen", Some(DEFAULT_LISTEN), parse_socket_addr);
         let upstream = self.upstream();
-        let oidc = self.oidc();
-        let session = self.session(oidc.as_ref(), warnings);
+        let local_enabled = self.parse("local_login.enabled", Some("false"), parse_bool);
+        let oidc = match local_enabled {
+            Some(true) if !self.provider_configured() => {
+                self.provider_unset(warnings);
+                Some(None)
+            }
+            _ => self.oidc().map(Some),
+        };
+        let session = self.session(oidc.as_ref(), listen, warnings);
         let headers = self.headers();
-        let local_login = self.local_login(oidc.as_ref());
-        let routes = self.routes(oidc.as_ref());
-        let bearer = self.bearer(oidc.as_ref());
-        let statement = self.statement(oidc.as_ref(), warnings);
+        let local_login = self.local_login(oidc.as_ref(), local_enabled?, warnings);
+        let provider = oidc.as_ref().and_then(Option::as_ref);
+        let routes = self.routes(provider);
+        let bearer = self.bearer(provider);
+        let statement = self.statement(provider, warnings);
         let access_token = self.access_token();
 
         let metrics_listen = self.optional("metrics_listen", parse_socket_addr);
@@ -302,6 +319,33 @@ impl Reader {
             connect_timeout: connect_timeout?,
             ca: ca?,
         })
+    }
+
+    /// Whether any of the settings that name a provider is given.
+    fn provider_configured(&self) -> bool {
+        PROVIDER_KEYS.iter().any(|key| self.raw(key).is_some())
+    }
+
+    /// Local login alone: the provider keys are reported as unset, and any
+    /// other `[oidc]` value is pointed out as having no effect.
+    fn provider_unset(&mut self, warnings: &mut Vec<String>) {
+        for key in PROVIDER_KEYS {
+            self.record(key, "(unset: local login only)".into(), &Origin::Default);
+        }
+        let (_, names) = KEYS
+            .iter()
+            .find(|(t, _)| *t == "oidc")
+            .expect("[oidc] is listed");
+        for name in names.iter() {
+            let key = format!("oidc.{name}");
+            if let Some((_, origin)) = self.raw(&key) {
+                warnings.push(format!(
+                    "{key} ({origin}) has no effect: no provider is configured \
+                     (oidc.issuer_url, oidc.client_id, oidc.client_secret, oidc.redirect_uri), \
+                     so only local login signs users in"
+                ));
+            }
+        }
     }
 
     fn oidc(&mut self) -> Option<Oidc> {
@@ -379,7 +423,12 @@ impl Reader {
         })
     }
 
-    fn session(&mut self, oidc: Option<&Oidc>, warnings: &mut Vec<String>) -> Option<Session> {
+    fn session(
+        &mut self,
+        oidc: Option<&Option<Oidc>>,
+        listen: Option<SocketAddr>,
+        warnings: &mut Vec<String>,
+    ) -> Option<Session> {
         let store = self.parse("session.store", Some("memory"), |s| match s {
             "memory" => Ok(()),
             "redis" => Err("this version of billguard keeps sessions in memory only; \
@@ -430,11 +479,15 @@ impl Reader {
                 (Secret::new(random_secret()), true)
             }
         };
-        let secure_cookies = match oidc {
-            Some(oidc) => {
+        // Plain-http cookies only where the browser reaches billguard on
+        // loopback: told by the redirect URI, or, with local login alone, by
+        // the listen address.
+        let secure_cookies = match (oidc, listen) {
+            (Some(Some(oidc)), _) => {
                 !(oidc.redirect_uri.scheme() == "http" && is_loopback_host(&oidc.redirect_uri))
             }
-            None => true,
+            (Some(None), Some(listen)) => !listen.ip().is_loopback(),
+            _ => true,
         };
         Some(Session {
             ttl: ttl?,
@@ -486,23 +539,28 @@ impl Reader {
         })
     }
 
-    fn local_login(&mut self, oidc: Option<&Oidc>) -> Option<LocalLogin> {
-        let enabled = self.parse("local_login.enabled", Some("false"), parse_bool);
+    fn local_login(
+        &mut self,
+        oidc: Option<&Option<Oidc>>,
+        enabled: bool,
+        warnings: &mut Vec<String>,
+    ) -> Option<LocalLogin> {
         let users_file = self.optional("local_login.users_file", |s| Ok(PathBuf::from(s)));
 
-        if enabled? {
+        if enabled && matches!(users_file, Some(None)) {
             let origin = self.origin_of("local_login.enabled");
             self.problem(
                 "local_login.enabled",
                 &origin,
-                "this version of billguard signs users in through the provider only; \
-                 allowed: false"
+                "is true, but no users file lists who may sign in; set \
+                 local_login.users_file (users with a password_hash from \
+                 `billguard hash-password`)"
                     .into(),
             );
             return None;
         }
         let users_file = users_file?;
-        let needs_users = oidc.is_some_and(|o| !o.auto_provision);
+        let needs_users = matches!(oidc, Some(Some(o)) if !o.auto_provision);
         let users = match (&users_file, needs_users) {
             (Some(path), _) => match read_users(path) {
                 Ok(users) => users,
@@ -525,7 +583,18 @@ impl Reader {
             }
             (None, false) => Vec::new(),
         };
-        Some(LocalLogin { users_file, users })
+        if enabled && !users.iter().any(|u| u.password_hash.is_some()) {
+            warnings.push(
+                "local_login.enabled is true, but no user in the users file has a \
+                 password_hash, so nobody can sign in with a password"
+                    .into(),
+            );
+        }
+        Some(LocalLogin {
+            enabled,
+            users_file,
+            users,
+        })
     }
 
     /// `[[routes]]`: only from the file, compiled and checked in order.
@@ -637,7 +706,9 @@ impl Reader {
     }
 
     fn bearer(&mut self, oidc: Option<&Oidc>) -> Option<Bearer> {
-        let enabled = self.parse("bearer.enabled", Some("true"), parse_bool);
+        // Without a provider there are no keys to check tokens against.
+        let default_enabled = if oidc.is_some() { "true" } else { "false" };
+        let enabled = self.parse("bearer.enabled", Some(default_enabled), parse_bool);
         let client_id = oidc.map(|o| o.client_id.clone()).unwrap_or_default();
         let audiences = self.list("bearer.audiences", &client_id, parse_text);
         let introspection_url = self.optional("bearer.introspection_url", |s| {
@@ -650,7 +721,7 @@ impl Reader {
         );
         let forward_authorization =
             self.parse("bearer.forward_authorization", Some("false"), parse_bool);
-        if audiences.as_ref().is_some_and(Vec::is_empty) {
+        if enabled == Some(true) && audiences.as_ref().is_some_and(Vec::is_empty) {
             let origin = self.origin_of("bearer.audiences");
             self.problem(
                 "bearer.audiences",
@@ -1156,6 +1227,16 @@ fn read_users(path: &Path) -> Result<Vec<KnownUser>, String> {
                 i + 1
             ));
         }
+        if let Some(hash) = &user.password_hash
+            && let Err(reason) = check_password_hash(hash)
+        {
+            return Err(format!(
+                "users file {}: user `{}` has a password_hash that {reason}; create one \
+                 with `billguard hash-password`",
+                path.display(),
+                user.username
+            ));
+        }
         if let Some(role) = &user.role
             && role != "admin"
             && role != "user"
@@ -1168,6 +1249,42 @@ fn read_users(path: &Path) -> Result<Vec<KnownUser>, String> {
         }
     }
     Ok(file.users)
+}
+
+/// Largest argon2 memory cost accepted from the users file, in KiB: every
+/// password check allocates this much.
+const MAX_HASH_MEMORY_KIB: u32 = 256 * 1024;
+const MAX_HASH_PASSES: u32 = 16;
+const MAX_HASH_LANES: u32 = 8;
+
+/// A `password_hash` must be an argon2id PHC string with bounded costs, so
+/// that no entry can make a sign-in attempt arbitrarily expensive.
+fn check_password_hash(text: &str) -> Result<(), String> {
+    use argon2::password_hash::phc::PasswordHash;
+
+    let hash = PasswordHash::new(text.trim())
+        .map_err(|_| "is not a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$...".to_owned())?;
+    if hash.algorithm.as_str() != "argon2id" {
+        return Err(format!(
+            "uses `{}`; allowed: argon2id",
+            hash.algorithm.as_str()
+        ));
+    }
+    let params =
+        argon2::Params::try_from(&hash).map_err(|_| "has invalid argon2 parameters".to_owned())?;
+    if hash.salt.is_none() || hash.hash.is_none() {
+        return Err("lacks a salt or a hash value".into());
+    }
+    if params.m_cost() > MAX_HASH_MEMORY_KIB
+        || params.t_cost() > MAX_HASH_PASSES
+        || params.p_cost() > MAX_HASH_LANES
+    {
+        return Err(format!(
+            "has costs above the accepted bounds (m at most {MAX_HASH_MEMORY_KIB}, t at most \
+             {MAX_HASH_PASSES}, p at most {MAX_HASH_LANES})"
+        ));
+    }
+    Ok(())
 }
 
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> String {

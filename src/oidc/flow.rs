@@ -48,6 +48,18 @@ pub struct Completed {
     pub access_token: String,
 }
 
+/// What the token endpoint said to a code that cannot be valid.
+#[derive(Debug)]
+pub enum Probe {
+    /// `invalid_grant`: the client was authenticated, the code refused.
+    Accepted,
+    /// `invalid_client` or `unauthorized_client`: the credentials, or the
+    /// way they were sent, were refused.
+    Rejected(String),
+    /// Anything else, which says nothing certain about the credentials.
+    Unclear(String),
+}
+
 /// Why a login could not be completed. Messages are for the log; they never
 /// contain a token, a code or the client secret.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +171,48 @@ impl Provider {
             id_token: raw,
             access_token: response.access_token().secret().clone(),
         })
+    }
+
+    /// Finds out, without any user, whether the token endpoint at
+    /// `token_url` accepts the client credentials: a made-up code is sent
+    /// the way a real login sends one (RFC 6749 §4.1.3), and the provider's
+    /// error tells credentials refused (`invalid_client`, §5.2) from code
+    /// refused (`invalid_grant`).
+    pub async fn probe_credentials(&self, token_url: &Url) -> Probe {
+        let cfg = self.config();
+        let auth_type = match cfg.token_auth_method {
+            TokenAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            TokenAuthMethod::ClientSecretPost => AuthType::RequestBody,
+        };
+        let Ok(issuer) = openidconnect::IssuerUrl::new(cfg.issuer_url.clone()) else {
+            return Probe::Unclear(format!("`{}` is not a URL", cfg.issuer_url));
+        };
+        let client = openidconnect::core::CoreClient::new(
+            ClientId::new(cfg.client_id.clone()),
+            issuer,
+            openidconnect::JsonWebKeySet::new(Vec::new()),
+        )
+        .set_client_secret(ClientSecret::new(cfg.client_secret.expose().to_owned()))
+        .set_token_uri(openidconnect::TokenUrl::from_url(token_url.clone()))
+        .set_redirect_uri(openidconnect::RedirectUrl::from_url(
+            cfg.redirect_uri.clone(),
+        ))
+        .set_auth_type(auth_type);
+        let (_, verifier) = PkceCodeChallenge::new_random_sha256();
+        let result = client
+            .exchange_code(AuthorizationCode::new(format!(
+                "billguard-check-invalid-code-{}",
+                URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
+            )))
+            .set_pkce_verifier(verifier)
+            .request_async(self.http())
+            .await;
+        match result.map_err(exchange_error) {
+            Err(Error::CodeRejected(_)) => Probe::Accepted,
+            Err(Error::ClientRejected(detail)) => Probe::Rejected(detail),
+            Err(other) => Probe::Unclear(other.to_string()),
+            Ok(_) => Probe::Unclear("the token endpoint accepted a made-up code".into()),
+        }
     }
 
     /// The provider's end-session URL for RP-initiated logout, if it has one.

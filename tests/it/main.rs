@@ -6,11 +6,15 @@
 //! between a fake provider and an echo app.
 
 mod access;
+mod admin;
+mod check;
 mod cli;
 mod demo;
 mod failures;
 mod forwarding;
+mod local;
 mod login;
 mod ops;
 mod policy_cli;
+mod rollout;
 mod support;

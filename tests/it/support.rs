@@ -2,6 +2,7 @@
 //! browser-like client, and the real billguard server between them.
 
 pub mod browser;
+pub mod local;
 pub mod process;
 pub mod provider;
 pub mod stack;

@@ -134,6 +134,8 @@ pub enum Misbehave {
     /// HMAC-SHA256 keyed with the provider's public RSA key (the JWK as JSON): the classic
     /// algorithm-confusion forgery. Only for [`Provider::access_token`].
     Hs256WithPublicKey,
+    /// Discovery lists only the token endpoint auth method the fake accepts.
+    StrictAuthMethods,
 }
 
 // === impl Provider ===
@@ -479,6 +481,18 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Resp {
 
 fn discovery(shared: &Shared) -> Resp {
     let base = &shared.base;
+    let methods = if shared
+        .state()
+        .misbehaving
+        .contains(&Misbehave::StrictAuthMethods)
+    {
+        match shared.opts.auth_method {
+            AuthMethod::Basic => json!(["client_secret_basic"]),
+            AuthMethod::Post => json!(["client_secret_post"]),
+        }
+    } else {
+        json!(["client_secret_basic", "client_secret_post"])
+    };
     json_response(
         StatusCode::OK,
         &json!({
@@ -494,7 +508,7 @@ fn discovery(shared: &Shared) -> Resp {
             "grant_types_supported": ["authorization_code"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "token_endpoint_auth_methods_supported": methods,
             "scopes_supported": ["openid", "email", "profile", "groups"],
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": [

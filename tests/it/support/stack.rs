@@ -32,6 +32,9 @@ pub struct StackOptions {
     /// Time the app has for response headers. Generous by default: a large
     /// upload must finish within it on a loaded machine.
     pub upstream_timeout: &'static str,
+    /// Leave `[oidc]` out entirely (local login alone; needs `[local_login]`
+    /// in `extra_toml`).
+    pub without_oidc: bool,
 }
 
 pub struct Stack {
@@ -39,7 +42,8 @@ pub struct Stack {
     pub upstream: Upstream,
     pub proxy: Running,
     pub base: String,
-    _config: tempfile::NamedTempFile,
+    config: tempfile::NamedTempFile,
+    oidc_table: String,
 }
 
 impl Default for StackOptions {
@@ -52,6 +56,7 @@ impl Default for StackOptions {
             provider_down_at_start: false,
             admin_group: Some(ADMIN_GROUP),
             upstream_timeout: "20s",
+            without_oidc: false,
         }
     }
 }
@@ -79,12 +84,8 @@ impl Stack {
             AuthMethod::Basic => "client_secret_basic",
             AuthMethod::Post => "client_secret_post",
         };
-        let toml = format!(
+        let oidc_table = format!(
             r#"
-listen = "127.0.0.1:0"
-upstream = "{upstream}"
-upstream_timeout = "{upstream_timeout}"
-
 [oidc]
 provider_name = "Test provider"
 issuer_url = "{issuer}"
@@ -95,12 +96,7 @@ redirect_uri = "{base}{CALLBACK_PATH}"
 scopes = "openid email profile groups"
 {admin_group}
 {oidc_extra}
-
-[session]
-secret = "a-test-secret-that-is-long-enough-for-the-key"
-{extra}
 "#,
-            upstream = opts.upstream_url.clone().unwrap_or_else(|| upstream.url()),
             issuer = provider.issuer(),
             client_id = provider.client_id(),
             client_secret = provider.client_secret(),
@@ -109,6 +105,23 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
                 .admin_group
                 .map(|g| format!("admin_group = \"{g}\""))
                 .unwrap_or_default(),
+        );
+        let toml = format!(
+            r#"
+listen = "127.0.0.1:0"
+upstream = "{upstream}"
+upstream_timeout = "{upstream_timeout}"
+{oidc}
+[session]
+secret = "a-test-secret-that-is-long-enough-for-the-key"
+{extra}
+"#,
+            upstream = opts.upstream_url.clone().unwrap_or_else(|| upstream.url()),
+            oidc = if opts.without_oidc {
+                ""
+            } else {
+                oidc_table.as_str()
+            },
             extra = opts.extra_toml.replace("{provider}", &provider.url()),
             upstream_timeout = opts.upstream_timeout,
         );
@@ -120,7 +133,7 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
             ..Inputs::default()
         };
         let loaded = config::load(&inputs).unwrap_or_else(|p| panic!("test config rejected:\n{p}"));
-        let proxy = server::start(loaded.config, listener).expect("start billguard");
+        let proxy = server::start_reloading(loaded, inputs, listener).expect("start billguard");
         if !opts.provider_down_at_start {
             proxy.wait_ready().await;
         }
@@ -129,8 +142,29 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
             upstream,
             proxy,
             base,
-            _config: file,
+            config: file,
+            oidc_table,
         }
+    }
+
+    /// The `[oidc]` table for the fake provider, as the stack wrote it.
+    pub fn oidc_table(&self) -> &str {
+        &self.oidc_table
+    }
+
+    /// The configuration file the running proxy reloads from.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(self.config.path()).expect("read the config file")
+    }
+
+    /// Replaces the configuration file in place, as an operator's editor
+    /// would; the proxy notices the change by itself.
+    pub fn write_config(&self, toml: &str) {
+        std::fs::write(self.config.path(), toml).expect("write the config file");
+    }
+
+    pub fn config_path(&self) -> &std::path::Path {
+        self.config.path()
     }
 
     pub fn url(&self, path: &str) -> String {
