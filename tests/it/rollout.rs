@@ -202,3 +202,56 @@ async fn the_safe_rollout_works_end_to_end() {
         "navigations go straight to the provider"
     );
 }
+
+#[tokio::test]
+async fn a_changed_users_file_takes_effect_without_a_restart() {
+    let users = users_file(&[CAROL]);
+    let stack = Stack::with(StackOptions {
+        extra_toml: local_table(users.path(), true),
+        ..StackOptions::default()
+    })
+    .await;
+    let browser = Browser::new();
+    let erin = LocalUser {
+        username: "erin",
+        password: Some("erin's new passphrase"),
+        role: "user",
+        email: None,
+    };
+    let before = sign_in(&stack, &browser, "erin", erin.password.unwrap(), "/").await;
+    assert_eq!(before.last.status, 401);
+
+    let updated = users_file(&[CAROL, erin]);
+    std::fs::copy(updated.path(), users.path()).expect("replace the users file");
+    // Polling with sign-ins would trip the rate limit: wait for the reload.
+    let mut reloads = stack.proxy.live().reloads();
+    let applied = reloads.wait_for(|r| r.applied >= 1);
+    tokio::time::timeout(Duration::from_secs(10), applied)
+        .await
+        .expect("the users file change is noticed within ten seconds")
+        .expect("the proxy is running");
+
+    let fresh = Browser::new();
+    let after = sign_in(&stack, &fresh, "erin", "erin's new passphrase", "/").await;
+    assert_eq!(after.last.status, 200);
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_configuration_of_the_binary() {
+    use crate::support::process::{Process, free_port};
+
+    let users = users_file(&[CAROL]);
+    let toml = format!(
+        "listen = \"127.0.0.1:{}\"\nupstream = \"http://127.0.0.1:9\"\n{}",
+        free_port(),
+        local_table(users.path(), true)
+    );
+    let mut billguard = Process::serve(&toml);
+    billguard.hangup();
+    let line = billguard.wait_for_log("Configuration reloaded");
+    assert_eq!(line["trigger"], "Hangup", "{line}");
+    let health = reqwest::get(billguard.url("/_billguard/health"))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200, "still serving after the reload");
+}

@@ -114,6 +114,15 @@ impl Process {
         assert!(status.success(), "kill -TERM failed");
     }
 
+    /// Sends SIGHUP, which makes billguard reload its configuration.
+    pub fn hangup(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP failed");
+    }
+
     /// Waits for the process to exit.
     pub fn wait_exit(&mut self) -> ExitStatus {
         let until = Instant::now() + DEADLINE;
