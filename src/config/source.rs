@@ -208,7 +208,9 @@ pub fn load(inputs: &Inputs) -> Result<Loaded, Problems> {
                 problems.extend(file.unknown_keys());
                 fig = fig.merge(file);
             }
-            Err(problem) => problems.push(problem),
+            // Without the file every value it holds would be reported as
+            // missing; the one true problem is the file itself.
+            Err(problem) => return Err(Problems(vec![problem])),
         }
     }
     fig = fig.merge(FlagLayer::new(inputs));
