@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
+use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
@@ -100,17 +101,15 @@ impl Upstream {
         mut req: Request<Incoming>,
         upgrade: Option<HeaderValue>,
     ) -> Result<Response<Incoming>, Error> {
-        let target = req
-            .uri()
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
-        let uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(target)
-            .build()
-            .map_err(|_| Error::Target(target.to_owned()))?;
+        // The browser's path and query, shared rather than parsed and
+        // copied again, behind the app's scheme and authority.
+        let mut parts = req.uri().clone().into_parts();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        if parts.path_and_query.is_none() {
+            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+        }
+        let uri = Uri::from_parts(parts).map_err(|_| Error::Target(req.uri().to_string()))?;
         *req.uri_mut() = uri;
         // The app speaks HTTP/1.1 whatever the browser spoke.
         *req.version_mut() = Version::HTTP_11;

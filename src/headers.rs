@@ -17,6 +17,7 @@
 
 use std::net::IpAddr;
 
+use bytes::Bytes;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
@@ -43,8 +44,10 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
-const KEEP_ALIVE: &str = "keep-alive";
-const PROXY_CONNECTION: &str = "proxy-connection";
+// Names as `HeaderName` constants: a `&str` name is parsed again on every
+// map operation, and these are used on every request.
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// The identity headers as the app will receive them, built once per
 /// session so the request path only clones `HeaderValue`s.
@@ -120,12 +123,11 @@ impl Rewriter {
 
     /// Removes every header whose name folds to an identity header name.
     fn remove_spoofed(&self, headers: &mut HeaderMap) {
+        // Collecting nothing allocates nothing: the usual request pays only
+        // for the comparisons.
         let spoofed: Vec<HeaderName> = headers
             .keys()
-            .filter(|name| {
-                let folded = fold(name.as_str());
-                self.folded.contains(&folded)
-            })
+            .filter(|name| self.folded.iter().any(|f| folds_to(name.as_str(), f)))
             .cloned()
             .collect();
         for name in spoofed {
@@ -141,8 +143,8 @@ impl Rewriter {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&ip));
-        let peer_ip =
-            HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value");
+        let peer_ip = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
+            .expect("an IP address is a valid header value");
 
         if trusted {
             // Append the proxy that talked to us to the chain it sent.
@@ -179,9 +181,9 @@ impl Rewriter {
     }
 }
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 // === impl IdentityValues ===
 
@@ -233,11 +235,11 @@ pub fn is_reserved(name: &HeaderName) -> bool {
             "content-length",
             "content-type",
             "forwarded",
-            X_FORWARDED_FOR,
-            X_FORWARDED_PROTO,
-            X_FORWARDED_HOST,
-            KEEP_ALIVE,
-            PROXY_CONNECTION,
+            X_FORWARDED_FOR.as_str(),
+            X_FORWARDED_PROTO.as_str(),
+            X_FORWARDED_HOST.as_str(),
+            KEEP_ALIVE.as_str(),
+            PROXY_CONNECTION.as_str(),
         ]
         .contains(&folded.as_str())
 }
@@ -252,6 +254,16 @@ fn fold(name: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `fold(name) == folded` without building the folded string. `folded` is
+/// already in compare form.
+fn folds_to(name: &str, folded: &str) -> bool {
+    name.len() == folded.len()
+        && name
+            .bytes()
+            .zip(folded.bytes())
+            .all(|(n, f)| (if n == b'_' { b'-' } else { n.to_ascii_lowercase() }) == f)
 }
 
 /// An IPv4 peer may arrive as an IPv4-mapped IPv6 address on a dual-stack
@@ -292,29 +304,54 @@ pub fn is_own_cookie(name: &str) -> bool {
         .starts_with(COOKIE_PREFIX)
 }
 
-/// Drops billguard's cookies from every `Cookie` header, keeping the app's.
+/// Drops billguard's cookies from every `Cookie` header, keeping the app's
+/// in one header.
 fn remove_own_cookies(headers: &mut HeaderMap) {
-    if !headers.contains_key(header::COOKIE) {
+    let mut values = headers.get_all(header::COOKIE).iter();
+    let (Some(first), None) = (values.next(), values.next()) else {
+        if headers.contains_key(header::COOKIE) {
+            rebuild_cookies(headers);
+        }
         return;
+    };
+    // The usual case, one header: leave it alone unless it carries one of
+    // billguard's cookies (or is not text, which the rebuild drops).
+    let clean = first
+        .to_str()
+        .is_ok_and(|v| !cookie_pairs(v).any(|(name, _)| is_own_cookie(name)));
+    if !clean {
+        rebuild_cookies(headers);
     }
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(n, _)| n).trim();
-            !pair.is_empty() && !is_own_cookie(name)
-        })
-        .map(str::to_owned)
-        .collect();
+}
+
+fn rebuild_cookies(headers: &mut HeaderMap) {
+    // One string for all the kept pairs, handed to the header without a copy.
+    let mut kept = String::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else { continue };
+        for (name, pair) in cookie_pairs(value) {
+            if !is_own_cookie(name) {
+                if !kept.is_empty() {
+                    kept.push_str("; ");
+                }
+                kept.push_str(pair);
+            }
+        }
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(kept))
     {
         headers.insert(header::COOKIE, value);
     }
+}
+
+/// The non-empty `name=value` pairs of a `Cookie` header, as (name, pair).
+fn cookie_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
+    value.split(';').map(str::trim).filter(|p| !p.is_empty()).map(|pair| {
+        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+        (name, pair)
+    })
 }
 
 #[cfg(test)]
@@ -429,6 +466,34 @@ mod tests {
         rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
         assert_eq!(h.get_all(header::COOKIE).iter().count(), 1);
         assert_eq!(h[header::COOKIE], "app=1; theme=dark");
+    }
+
+    #[test]
+    fn a_cookie_header_without_own_cookies_is_left_alone_and_one_with_only_them_goes() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_static("app=1;theme=dark"));
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
+        assert_eq!(h[header::COOKIE], "app=1;theme=dark");
+
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("billguard_session=abc; __Host-billguard_login=x"),
+        );
+        rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
+        assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn folding_in_place_agrees_with_the_folded_string() {
+        for (name, folded) in [
+            ("x_forwarded_user", "x-forwarded-user"),
+            ("X-Forwarded-User", "x-forwarded-user"),
+            ("x-forwarded-users", "x-forwarded-user"),
+            ("x-forwarded-use", "x-forwarded-user"),
+            ("x-forwarded-role", "x-forwarded-user"),
+        ] {
+            assert_eq!(folds_to(name, folded), fold(name) == folded, "{name}");
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderMap};
+use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use tracing::Instrument as _;
@@ -59,7 +59,9 @@ const OWN_PREFIX: &str = "/_billguard/";
 pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A cheap handle on the request's bytes, not a copy of the path.
+    let uri = req.uri().clone();
+    let path = uri.path();
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
     let kind =
@@ -420,19 +422,24 @@ pub fn is_navigation<B>(req: &Request<B>) -> bool {
         return false;
     }
     let headers = req.headers();
-    if let Some(mode) = header_str(headers, "sec-fetch-mode") {
+    if let Some(mode) = header_str(headers, &SEC_FETCH_MODE) {
         return mode.eq_ignore_ascii_case("navigate")
-            && header_str(headers, "sec-fetch-dest").is_none_or(|d| {
+            && header_str(headers, &SEC_FETCH_DEST).is_none_or(|d| {
                 d.eq_ignore_ascii_case("document") || d.eq_ignore_ascii_case("iframe")
             });
     }
-    if headers.contains_key("x-requested-with") {
+    if headers.contains_key(&X_REQUESTED_WITH) {
         return false;
     }
-    header_str(headers, "accept").is_some_and(|a| a.contains("text/html"))
+    header_str(headers, &header::ACCEPT).is_some_and(|a| a.contains("text/html"))
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+// Constants, so the names are not parsed again on every request.
+static SEC_FETCH_MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+static SEC_FETCH_DEST: HeaderName = HeaderName::from_static("sec-fetch-dest");
+static X_REQUESTED_WITH: HeaderName = HeaderName::from_static("x-requested-with");
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

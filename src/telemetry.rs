@@ -7,6 +7,8 @@
 //! callers' business; this module only sets up where it goes, and hands
 //! `billguard::auth` events to the login counters in `metrics`.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _, filter, fmt};
@@ -32,7 +34,13 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
             reason: e.to_string(),
         })?;
     let output = match format {
-        LogFormat::Text => fmt::layer().with_writer(std::io::stderr).boxed(),
+        // Colours only for a person at a terminal: a log file or collector
+        // gets plain text, and skipping the escape codes is much of the
+        // cost of an access-log line.
+        LogFormat::Text => fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)

@@ -21,7 +21,7 @@ import { promisify } from "node:util";
 import { loginMany } from "./login.mjs";
 import { freePort, start, stopAll, treeRss, waitFor } from "./procs.mjs";
 import { APACHE, BILLGUARD, DIRECT, NGINX, render } from "./report.mjs";
-import { startProvider } from "./provider.mjs";
+import { CLIENTS, startProvider } from "./provider.mjs";
 
 const run = promisify(execFile);
 const here = path.dirname(fileURLToPath(import.meta.url));
@@ -45,8 +45,6 @@ const SCENARIOS = [
   { id: "many", title: "50 connections, small body, every request another session", conns: 50, path: "/small", sessions: "many" },
   { id: "big", title: "50 connections, 100 KiB body, one session", conns: 50, path: "/big", sessions: 1 },
 ];
-
-const USER = { username: "alice", password: "alice-password" };
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
@@ -80,17 +78,9 @@ async function main() {
     provider = await startProvider({
       dir,
       root,
-      clients: [
-        {
-          client_id: "billguard-bench",
-          client_secret: "billguard-bench-secret",
-          redirect_uris: [`http://127.0.0.1:${ports.billguard}/api/auth/oidc/callback`],
-        },
-        {
-          client_id: "apache-bench",
-          client_secret: "apache-bench-secret",
-          redirect_uris: [`http://127.0.0.1:${ports.apache}/redirect_uri`],
-        },
+      redirectUris: [
+        `http://127.0.0.1:${ports.billguard}/api/auth/oidc/callback`,
+        `http://127.0.0.1:${ports.apache}/redirect_uri`,
       ],
     });
     log(`provider ready at ${provider.issuer}`);
@@ -188,8 +178,9 @@ async function apacheOpenidc(dir, provider, { port, upstream, sessions }) {
       PORT: port,
       UPSTREAM_PORT: upstream,
       ISSUER: provider.issuer,
-      CLIENT_ID: "apache-bench",
-      CLIENT_SECRET: "apache-bench-secret",
+      CLIENT_ID: CLIENTS.apache.id,
+      CLIENT_SECRET: CLIENTS.apache.secret,
+      CLIENT_AUTH: CLIENTS.apache.auth,
       PASSPHRASE: "apache-bench-crypto-passphrase-0123456789",
       SCOPES: provider.scopes,
       // Sessions, their login states, and room to spare.
@@ -208,8 +199,9 @@ async function billguard(dir, provider, { port, upstream, bin }) {
     BILLGUARD_LISTEN: `127.0.0.1:${port}`,
     BILLGUARD_UPSTREAM: `http://127.0.0.1:${upstream}`,
     OIDC_ISSUER_URL: provider.issuer,
-    OIDC_CLIENT_ID: "billguard-bench",
-    OIDC_CLIENT_SECRET: "billguard-bench-secret",
+    OIDC_CLIENT_ID: CLIENTS.billguard.id,
+    OIDC_CLIENT_SECRET: CLIENTS.billguard.secret,
+    OIDC_TOKEN_AUTH_METHOD: CLIENTS.billguard.auth,
     OIDC_REDIRECT_URI: `http://127.0.0.1:${port}/api/auth/oidc/callback`,
     OIDC_SCOPES: provider.scopes,
     BILLGUARD_SESSION__SECRET: "billguard-bench-session-secret-0123456789",
@@ -223,7 +215,7 @@ async function billguard(dir, provider, { port, upstream, bin }) {
 
 async function sessions(name, port, count, provider) {
   const t0 = Date.now();
-  const cookies = await loginMany(`http://127.0.0.1:${port}/small`, count, { ...USER, ...provider.user });
+  const cookies = await loginMany(`http://127.0.0.1:${port}/small`, count, provider.user);
   const s = (Date.now() - t0) / 1000;
   log(`${name}: ${count} session(s) from real logins in ${s.toFixed(1)} s`);
   return cookies;
