@@ -140,7 +140,10 @@ fn classification(c: &mut Criterion) {
 fn config() -> Config {
     let env: BTreeMap<String, String> = [
         ("BILLGUARD_UPSTREAM", "http://127.0.0.1:8080"),
-        ("OIDC_ISSUER_URL", "https://auth.example.com/application/o/bills/"),
+        (
+            "OIDC_ISSUER_URL",
+            "https://auth.example.com/application/o/bills/",
+        ),
         ("OIDC_CLIENT_ID", "billguard"),
         ("OIDC_CLIENT_SECRET", "bench-secret"),
         (
@@ -148,7 +151,10 @@ fn config() -> Config {
             "https://bills.example.com/api/auth/oidc/callback",
         ),
         ("OIDC_ADMIN_GROUP", "bill-tracker-admins"),
-        ("BILLGUARD_SESSION__SECRET", "bench-secret-of-at-least-32-bytes!!"),
+        (
+            "BILLGUARD_SESSION__SECRET",
+            "bench-secret-of-at-least-32-bytes!!",
+        ),
         ("BILLGUARD_SESSION__MAX_SESSIONS", "200000"),
     ]
     .into_iter()

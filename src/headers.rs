@@ -260,10 +260,13 @@ fn fold(name: &str) -> String {
 /// already in compare form.
 fn folds_to(name: &str, folded: &str) -> bool {
     name.len() == folded.len()
-        && name
-            .bytes()
-            .zip(folded.bytes())
-            .all(|(n, f)| (if n == b'_' { b'-' } else { n.to_ascii_lowercase() }) == f)
+        && name.bytes().zip(folded.bytes()).all(|(n, f)| {
+            (if n == b'_' {
+                b'-'
+            } else {
+                n.to_ascii_lowercase()
+            }) == f
+        })
 }
 
 /// An IPv4 peer may arrive as an IPv4-mapped IPv6 address on a dual-stack
@@ -348,10 +351,14 @@ fn rebuild_cookies(headers: &mut HeaderMap) {
 
 /// The non-empty `name=value` pairs of a `Cookie` header, as (name, pair).
 fn cookie_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
-    value.split(';').map(str::trim).filter(|p| !p.is_empty()).map(|pair| {
-        let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
-        (name, pair)
-    })
+    value
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n).trim();
+            (name, pair)
+        })
 }
 
 #[cfg(test)]
