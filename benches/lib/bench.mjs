@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 
 import { loginMany } from "./login.mjs";
-import { freePort, start, stopAll, treeRss, waitFor } from "./procs.mjs";
+import { freePort, start, stopAll, treeCpu, treeRss, waitFor } from "./procs.mjs";
 import { APACHE, BILLGUARD, DIRECT, NGINX, render } from "./report.mjs";
 import { CLIENTS, startProvider } from "./provider.mjs";
 
@@ -134,7 +134,8 @@ async function main() {
         entry.runs.push({ target: t.name, repeat: rep, ...r });
         const rps = ((r.requests * 1e6) / r.duration_us).toFixed(0);
         const errors = Object.values(r.errors).reduce((a, b) => a + b, 0);
-        log(`${s.id} #${rep + 1} ${t.name}: ${rps} req/s, p99 ${(r.latency_us.p99 / 1000).toFixed(2)} ms, ${errors} errors, RSS ${(r.peak_rss / 2 ** 20).toFixed(1)} MiB`);
+        const cpu = r.cpu_us_per_req.user + r.cpu_us_per_req.system;
+        log(`${s.id} #${rep + 1} ${t.name}: ${rps} req/s, p99 ${(r.latency_us.p99 / 1000).toFixed(2)} ms, ${errors} errors, RSS ${(r.peak_rss / 2 ** 20).toFixed(1)} MiB, CPU ${cpu.toFixed(1)} µs/req`);
       }
     }
   }
@@ -241,6 +242,7 @@ async function wrk(t, { conns, path: p, seconds, cookies }) {
   const sample = () => samples.push(treeRss(t.pid));
   const timer = setInterval(sample, 200);
   sample();
+  const cpu0 = treeCpu(t.pid);
   try {
     const { stdout } = await run(
       "wrk",
@@ -249,7 +251,17 @@ async function wrk(t, { conns, path: p, seconds, cookies }) {
     );
     const line = stdout.trim().split("\n").findLast((l) => l.startsWith("{"));
     if (!line) throw new Error(`wrk printed no result:\n${stdout}`);
-    return { ...JSON.parse(line), peak_rss: Math.max(...samples, treeRss(t.pid)) };
+    const cpu1 = treeCpu(t.pid);
+    const result = JSON.parse(line);
+    const perRequest = (us) => (result.requests ? us / result.requests : 0);
+    return {
+      ...result,
+      peak_rss: Math.max(...samples, treeRss(t.pid)),
+      cpu_us_per_req: {
+        user: perRequest(cpu1.user - cpu0.user),
+        system: perRequest(cpu1.system - cpu0.system),
+      },
+    };
   } finally {
     clearInterval(timer);
   }

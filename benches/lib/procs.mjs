@@ -71,8 +71,8 @@ export async function waitFor(url, { status = 200, timeoutMs = 30000, child, hea
   throw new Error(`${url} not ready after ${timeoutMs} ms: ${last}`);
 }
 
-/** Sum of VmRSS (bytes) of `pid` and all its descendants. */
-export function treeRss(pid) {
+/** `pid` and all its descendants, from /proc. */
+function tree(pid) {
   const parent = new Map();
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) continue;
@@ -85,11 +85,19 @@ export function treeRss(pid) {
       // The process ended while we looked.
     }
   }
-  let total = 0;
+  const out = [];
   for (const p of parent.keys()) {
     let q = p;
     while (q && q !== pid && q !== 1) q = parent.get(q);
-    if (q !== pid) continue;
+    if (q === pid) out.push(p);
+  }
+  return out;
+}
+
+/** Sum of VmRSS (bytes) of `pid` and all its descendants. */
+export function treeRss(pid) {
+  let total = 0;
+  for (const p of tree(pid)) {
     try {
       const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${p}/status`, "utf8"));
       if (m) total += Number(m[1]) * 1024;
@@ -98,6 +106,26 @@ export function treeRss(pid) {
     }
   }
   return total;
+}
+
+const TICK_US = 1e6 / 100; // USER_HZ is 100 on Linux
+
+/** CPU time (µs, user and system) used so far by `pid` and its descendants. */
+export function treeCpu(pid) {
+  let user = 0;
+  let system = 0;
+  for (const p of tree(pid)) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+      const rest = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      // utime and stime are fields 14 and 15 (rest starts at field 3).
+      user += Number(rest[11]) * TICK_US;
+      system += Number(rest[12]) * TICK_US;
+    } catch {
+      // Gone.
+    }
+  }
+  return { user, system };
 }
 
 /** Stops everything started here, newest first: SIGTERM, then SIGKILL. */

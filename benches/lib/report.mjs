@@ -1,7 +1,9 @@
 // Turns the benchmark's raw results into the table the README shows: per
 // scenario and target the median of the repeats with min–max, latency
-// percentiles, errors, peak RSS and the ratios to the direct upstream and
-// to nginx; then the targets billguard is held to, each marked met or not.
+// percentiles, errors, peak RSS, the CPU time the target itself spent per
+// request (user + system, from /proc: steadier than req/s on a shared
+// machine) and the ratios to the direct upstream and to nginx; then the
+// targets billguard is held to, each marked met or not.
 //
 // Usage: node benches/lib/report.mjs target/bench/<run>/results.json
 
@@ -19,8 +21,8 @@ export function render(results) {
   for (const scenario of results.scenarios) {
     out.push(`#### ${scenario.title}`, "");
     out.push(
-      "| target | req/s median (min–max) | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | × direct | × nginx |",
-      "|---|---|---|---|---|---|---|---|---|",
+      "| target | req/s median (min–max) | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | CPU µs/req | × direct | × nginx |",
+      "|---|---|---|---|---|---|---|---|---|---|",
     );
     const rows = summarize(scenario);
     const direct = rows.find((r) => r.target === DIRECT);
@@ -28,7 +30,7 @@ export function render(results) {
     for (const r of rows) {
       out.push(
         `| ${r.target} | ${fmtRate(r.rps)} (${fmtRate(r.rpsMin)}–${fmtRate(r.rpsMax)}) | ` +
-          `${ms(r.p50)} | ${ms(r.p99)} | ${ms(r.p999)} | ${r.errors} | ${mib(r.rss)} | ` +
+          `${ms(r.p50)} | ${ms(r.p99)} | ${ms(r.p999)} | ${r.errors} | ${mib(r.rss)} | ${r.cpu.toFixed(1)} | ` +
           `${ratio(r.rps, direct?.rps)} | ${ratio(r.rps, nginx?.rps)} |`,
       );
     }
@@ -58,6 +60,8 @@ export function summarize(scenario) {
       p999: median(runs.map((r) => r.latency_us.p999)),
       errors: runs.reduce((n, r) => n + Object.values(r.errors).reduce((a, b) => a + b, 0), 0),
       rss: Math.max(...runs.map((r) => r.peak_rss)),
+      // The target's own processes only (not wrk, not the upstream).
+      cpu: median(runs.map((r) => r.cpu_us_per_req.user + r.cpu_us_per_req.system)),
     };
   });
 }
