@@ -64,12 +64,11 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Re
     let path = uri.path();
     let id = RequestId::from_headers(req.headers());
     req.extensions_mut().insert(id.clone());
-    let kind =
-        if Some(path.as_str()) == app.callback_path.as_deref() || path.starts_with(OWN_PREFIX) {
-            metrics::RouteKind::Owned
-        } else {
-            metrics::RouteKind::Proxied
-        };
+    let kind = if Some(path) == app.callback_path.as_deref() || path.starts_with(OWN_PREFIX) {
+        metrics::RouteKind::Owned
+    } else {
+        metrics::RouteKind::Proxied
+    };
 
     let span = tracing::info_span!("request", id = %id);
     let (mut res, caller) = route(&app, req, peer).instrument(span).await;
