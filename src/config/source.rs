@@ -1264,6 +1264,12 @@ const MAX_HASH_LANES: u32 = 8;
 fn check_password_hash(text: &str) -> Result<(), String> {
     use argon2::password_hash::phc::PasswordHash;
 
+    if ["$2a$", "$2b$", "$2y$", "$apr1$", "$1$", "$5$", "$6$"]
+        .iter()
+        .any(|p| text.trim().starts_with(p))
+    {
+        return Err("is not argon2id (it looks like bcrypt or crypt); allowed: argon2id".into());
+    }
     let hash = PasswordHash::new(text.trim())
         .map_err(|_| "is not a PHC string such as $argon2id$v=19$m=19456,t=2,p=1$...".to_owned())?;
     if hash.algorithm.as_str() != "argon2id" {
@@ -1707,4 +1713,28 @@ fn non_empty(value: &toml::Value) -> Option<Value> {
             Value::from(dict)
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_argon2id_hashes_with_bounded_costs_are_accepted() {
+        let good = "$argon2id$v=19$m=19456,t=2,p=1$vpG0nGxIU43H1RFuSmkruw$\
+                    1XnlVPn4Y45cnynXbF8fgoNDM2jeiFODngSPacPw8Sw";
+        assert_eq!(check_password_hash(good), Ok(()));
+        let argon2i = good.replacen("argon2id", "argon2i", 1);
+        assert!(
+            check_password_hash(&argon2i)
+                .unwrap_err()
+                .contains("argon2i")
+        );
+        let huge = good.replacen("m=19456", "m=4194304", 1);
+        assert!(check_password_hash(&huge).unwrap_err().contains("bounds"));
+        let bcrypt = "$2b$10$abcdefghijklmnopqrstuuABCDEFGHIJKLMNOPQRSTUVWXYZ01234";
+        assert!(check_password_hash(bcrypt).unwrap_err().contains("bcrypt"));
+        assert!(check_password_hash("hunter2").is_err());
+        assert!(check_password_hash("$argon2id$v=19$m=19456,t=2,p=1").is_err());
+    }
 }
