@@ -10,6 +10,7 @@ mod admin;
 mod check;
 mod cli;
 mod demo;
+mod deploy;
 mod failures;
 mod forwarding;
 mod local;
