@@ -53,7 +53,11 @@ fn documents(path: &Path) -> Vec<Value> {
         .arg(path)
         .output()
         .unwrap_or_else(|e| panic!("cannot run python3 ({e}); install it and {INSTALL}"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -78,11 +82,18 @@ fn manifests_validate_against_the_kubernetes_schemas() {
     let text = std::fs::read_to_string(repo().join("deploy/deployment.yaml")).unwrap();
     std::fs::write(
         &broken,
-        text.replacen("readOnlyRootFilesystem: true", "readOnlyRootFilesystem: \"yes\"", 1),
+        text.replacen(
+            "readOnlyRootFilesystem: true",
+            "readOnlyRootFilesystem: \"yes\"",
+            1,
+        ),
     )
     .unwrap();
     let out = validate(&[broken]);
-    assert!(!out.status.success(), "a string for a boolean passed validation");
+    assert!(
+        !out.status.success(),
+        "a string for a boolean passed validation"
+    );
     assert!(
         String::from_utf8_lossy(&out.stdout).contains("readOnlyRootFilesystem"),
         "{}",
@@ -129,9 +140,18 @@ fn the_pod_keeps_the_app_behind_billguard() {
             .unwrap();
         assert_eq!(http["containerPort"], 4180);
 
-        assert_eq!(guard["livenessProbe"]["httpGet"]["path"], "/_billguard/health");
-        assert_eq!(guard["readinessProbe"]["httpGet"]["path"], "/_billguard/ready");
-        assert!(guard["resources"]["requests"]["memory"].is_string(), "{dir}");
+        assert_eq!(
+            guard["livenessProbe"]["httpGet"]["path"],
+            "/_billguard/health"
+        );
+        assert_eq!(
+            guard["readinessProbe"]["httpGet"]["path"],
+            "/_billguard/ready"
+        );
+        assert!(
+            guard["resources"]["requests"]["memory"].is_string(),
+            "{dir}"
+        );
         assert!(guard["resources"]["limits"]["memory"].is_string(), "{dir}");
 
         for container in containers {
@@ -139,11 +159,18 @@ fn the_pod_keeps_the_app_behind_billguard() {
             let name = &container["name"];
             assert_eq!(sc["readOnlyRootFilesystem"], true, "{dir} {name}");
             assert_eq!(sc["allowPrivilegeEscalation"], false, "{dir} {name}");
-            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{dir} {name}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{dir} {name}"
+            );
         }
         assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{dir}");
         // shutdown.delay 5s + shutdown.grace 20s must fit.
-        assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 25, "{dir}");
+        assert!(
+            pod["terminationGracePeriodSeconds"].as_u64().unwrap() > 25,
+            "{dir}"
+        );
     }
 }
 
@@ -157,7 +184,9 @@ fn the_shipped_configurations_load() {
         std::fs::write(file.path(), toml).unwrap();
 
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_billguard"));
-        cmd.args(["config", "--config"]).arg(file.path()).env_clear();
+        cmd.args(["config", "--config"])
+            .arg(file.path())
+            .env_clear();
         for (name, value) in secret["stringData"].as_object().unwrap() {
             cmd.env(name, value.as_str().unwrap());
         }
@@ -193,7 +222,11 @@ fn the_shipped_configurations_load() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
