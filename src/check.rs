@@ -124,6 +124,35 @@ pub async fn run(oidc: Option<&config::Oidc>) -> Report {
     Report { outcomes }
 }
 
+/// Whether the app can be reached around billguard: its port tried on this
+/// host's own non-loopback addresses (see `bypass`).
+pub async fn bypass(upstream: &Url) -> Outcome {
+    match crate::bypass::check(upstream).await {
+        crate::bypass::Finding::NotApplicable => pass(
+            "bypass",
+            format!("the app ({upstream}) is not on loopback; nothing to check from here"),
+        ),
+        crate::bypass::Finding::Closed(addrs) => pass(
+            "bypass",
+            format!(
+                "the app answers on loopback only ({} other address(es) of this host tried)",
+                addrs.len()
+            ),
+        ),
+        crate::bypass::Finding::Exposed(addrs) => {
+            let addrs: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+            fail(
+                "bypass",
+                format!(
+                    "the app also answers on {}, so it can be reached around billguard",
+                    addrs.join(", ")
+                ),
+                "bind the app to 127.0.0.1 only (its listen or host setting, e.g. HOST=127.0.0.1)",
+            )
+        }
+    }
+}
+
 fn redirect_uri(cfg: &config::Oidc) -> Outcome {
     let uri = &cfg.redirect_uri;
     let path = uri.path();

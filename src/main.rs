@@ -158,7 +158,10 @@ fn run_check(file: Option<std::path::PathBuf>, args: CheckArgs) -> ExitCode {
     let Some(runtime) = runtime() else {
         return ExitCode::from(EXIT_RUNTIME);
     };
-    let report = runtime.block_on(check::run(loaded.config.oidc.as_ref()));
+    let mut report = runtime.block_on(check::run(loaded.config.oidc.as_ref()));
+    report
+        .outcomes
+        .push(runtime.block_on(check::bypass(&loaded.config.upstream.url)));
 
     let (result, code) = if report.is_config_error() {
         ("config_error", EXIT_CONFIG)

@@ -232,11 +232,11 @@ async fn billguard_check_exits_0_when_all_pass_and_1_when_one_fails() {
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert_eq!(
         text.lines().filter(|l| l.starts_with("pass")).count(),
-        9,
+        10,
         "{text}"
     );
     assert!(
-        text.contains("billguard check: 0 failed, 0 warning(s), 9 passed"),
+        text.contains("billguard check: 0 failed, 0 warning(s), 10 passed"),
         "{text}"
     );
 

@@ -540,3 +540,35 @@ impl SlowApp {
         format!("http://{}", self.addr)
     }
 }
+
+#[tokio::test]
+async fn the_provider_test_reports_an_app_reachable_around_billguard() {
+    let exposed = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let port = exposed.local_addr().unwrap().port();
+    let url = url::Url::parse(&format!("http://127.0.0.1:{port}")).unwrap();
+    let outcome = serde_json::to_value(billguard::check::bypass(&url).await).unwrap();
+    let host_has_ipv4 = if_addrs_has_ipv4();
+    assert_eq!(outcome["name"], "bypass");
+    if host_has_ipv4 {
+        assert_eq!(outcome["status"], "fail", "{outcome}");
+        assert!(
+            outcome["fix"].as_str().unwrap().contains("127.0.0.1"),
+            "{outcome}"
+        );
+    }
+
+    let private = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = url::Url::parse(&format!("http://{}", private.local_addr().unwrap())).unwrap();
+    let outcome = serde_json::to_value(billguard::check::bypass(&url).await).unwrap();
+    assert_eq!(outcome["status"], "pass", "{outcome}");
+}
+
+/// Whether this host has a non-loopback IPv4 address to be reached on.
+fn if_addrs_has_ipv4() -> bool {
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("192.0.2.1:9")?;
+            s.local_addr()
+        })
+        .is_ok_and(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
+}
