@@ -572,3 +572,57 @@ fn if_addrs_has_ipv4() -> bool {
         })
         .is_ok_and(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
 }
+
+#[tokio::test]
+async fn a_websocket_keeps_working_after_the_listener_closes_and_the_drain_waits_for_it() {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+    // A grace period far beyond the test's deadline: the drain can only end
+    // in time because the WebSocket closed.
+    let mut stack = Stack::with(StackOptions {
+        extra_toml: "[shutdown]\ngrace = \"600s\"\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let browser = Browser::new();
+    stack.login(&browser, "alice", "/").await;
+    let mut request = stack
+        .url("/ws")
+        .replacen("http://", "ws://", 1)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", browser.cookie_header().unwrap().parse().unwrap());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+
+    // Shutdown begins: no new connections...
+    stack.proxy.close().await;
+    assert!(
+        TcpStream::connect(stack.proxy.addr()).await.is_err(),
+        "still accepting"
+    );
+
+    // ...but the open WebSocket still carries messages.
+    socket.send(Message::text("still there?")).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "echo: still there?");
+
+    // The drain ends once the WebSocket closes.
+    let drained = tokio::spawn(stack.proxy.shutdown());
+    socket.send(Message::text("draining")).await.unwrap();
+    let reply = socket.next().await.unwrap().unwrap();
+    assert_eq!(reply.into_text().unwrap().as_str(), "echo: draining");
+    assert!(
+        !drained.is_finished(),
+        "the drain did not wait for the WebSocket"
+    );
+    socket.close(None).await.unwrap();
+    drop(socket);
+    tokio::time::timeout(process::DEADLINE, drained)
+        .await
+        .expect("the drain finished once the WebSocket closed")
+        .unwrap();
+}
