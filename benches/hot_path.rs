@@ -33,7 +33,7 @@ fn session_lookup(c: &mut Criterion) {
     let cfg = config();
 
     for live in [10_usize, 100_000] {
-        let store = Store::new(&cfg.session);
+        let store = Store::new(&cfg.session).expect("a memory store");
         let ids = rt.block_on(async {
             let mut ids = Vec::with_capacity(live);
             for n in 0..live {
@@ -59,7 +59,7 @@ fn session_lookup(c: &mut Criterion) {
         });
     }
 
-    let store = Store::new(&cfg.session);
+    let store = Store::new(&cfg.session).expect("a memory store");
     let stranger = browser_headers(&format!(
         "theme=dark; {}=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         store.cookie_name()

@@ -25,13 +25,16 @@ use crate::local_login::{Guard, Local};
 use crate::login::Logins;
 use crate::oidc::{self, Provider};
 use crate::policy::Routes;
-use crate::session::Store;
+use crate::refresh::Refresher;
+use crate::session::{self, Store};
 use crate::statement::Statements;
 
 pub struct App {
     /// `None` when no provider is configured (local login alone).
     pub provider: Option<Provider>,
     pub sessions: Store,
+    /// Keeps sessions in step with the provider (see `refresh`).
+    pub refresher: Refresher,
     pub logins: Arc<Logins>,
     pub local: Local,
     pub csrf: Csrf,
@@ -56,6 +59,14 @@ pub struct App {
     /// Shared by every App of this process.
     pub reloads: Arc<watch::Sender<Reloads>>,
     discovery: Option<Arc<Discovery>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Client(#[from] oidc::reqwest_error::BuildError),
+    #[error(transparent)]
+    Sessions(#[from] session::Error),
 }
 
 /// The App in force; cheap to clone.
@@ -88,7 +99,7 @@ impl App {
         config: Config,
         settings: Vec<Entry>,
         previous: Option<&App>,
-    ) -> Result<Self, oidc::reqwest_error::BuildError> {
+    ) -> Result<Self, Error> {
         let kept = previous.and_then(|p| {
             let same = p.provider.as_ref()?.config() == config.oidc.as_ref()?;
             same.then(|| (p.provider.clone(), p.discovery.clone()))
@@ -114,7 +125,7 @@ impl App {
                 p.reloads.clone(),
             ),
             None => (
-                Store::new(&config.session),
+                Store::new(&config.session)?,
                 Arc::new(Logins::new(&config.session)),
                 Csrf::new(&config.session.secret, config.session.secure_cookies),
                 Arc::new(Guard::new()),
@@ -123,13 +134,25 @@ impl App {
         };
 
         let oidc = config.oidc.as_ref();
+        let policy = Policy {
+            admin_group: oidc.and_then(|o| o.admin_group.clone()),
+            auto_provision: oidc.is_none_or(|o| o.auto_provision),
+            users: config.local_login.users.clone(),
+            allowed_groups: oidc.map(|o| o.allowed_groups.clone()).unwrap_or_default(),
+        };
+        // A reload gets a refresher with the new provider and rules; a
+        // refresh in flight finishes on the old one, and the store's
+        // reread before each refresh keeps them from redeeming a token twice.
+        let refresher = Refresher::new(
+            provider.clone(),
+            sessions.clone(),
+            policy.clone(),
+            config.session.refresh_interval,
+            config.access_token.forward,
+        );
         Ok(App {
-            policy: Policy {
-                admin_group: oidc.and_then(|o| o.admin_group.clone()),
-                auto_provision: oidc.is_none_or(|o| o.auto_provision),
-                users: config.local_login.users.clone(),
-                allowed_groups: oidc.map(|o| o.allowed_groups.clone()).unwrap_or_default(),
-            },
+            policy,
+            refresher,
             local: Local::new(&config.local_login, &config.headers.trusted_proxies, guard),
             rewriter: Rewriter::new(config.headers.clone()),
             upstream: Upstream::new(&config.upstream),
@@ -188,11 +211,7 @@ impl Live {
 
     /// Builds an App for a new configuration and puts it in force. On error
     /// the running App stays.
-    pub fn replace(
-        &self,
-        config: Config,
-        settings: Vec<Entry>,
-    ) -> Result<(), oidc::reqwest_error::BuildError> {
+    pub fn replace(&self, config: Config, settings: Vec<Entry>) -> Result<(), Error> {
         let previous = self.load();
         if session_changed(&previous.config.session, &config.session) {
             tracing::warn!(

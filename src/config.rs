@@ -29,6 +29,8 @@ pub const DEFAULT_ID_TOKEN_ALGS: &str = "RS256 RS384 RS512 PS256 PS384 PS512 ES2
 pub const DEFAULT_SESSION_TTL: &str = "12h";
 pub const DEFAULT_IDLE_TIMEOUT: &str = "1h";
 pub const DEFAULT_MAX_SESSIONS: &str = "100000";
+pub const DEFAULT_REDIS_CACHE_TTL: &str = "2s";
+pub const DEFAULT_REFRESH_INTERVAL: &str = "5m";
 pub const DEFAULT_USER_HEADER: &str = "X-Forwarded-User";
 pub const DEFAULT_EMAIL_HEADER: &str = "X-Forwarded-Email";
 pub const DEFAULT_GROUPS_HEADER: &str = "X-Forwarded-Groups";
@@ -186,6 +188,34 @@ pub struct Session {
     /// `Secure` cookies with the `__Host-` prefix; off only when the
     /// redirect URI is plain http on a loopback address.
     pub secure_cookies: bool,
+    pub store: StoreKind,
+    /// Where the in-memory store writes its sessions on shutdown and reads
+    /// them back at start; `None` keeps them in memory only.
+    pub persist_file: Option<PathBuf>,
+    /// How often the role is re-evaluated from the provider (by refresh
+    /// when there is a refresh token, else by userinfo).
+    pub refresh_interval: Duration,
+}
+
+/// Where sessions live.
+#[derive(Clone, Debug)]
+pub enum StoreKind {
+    /// In this process only: one replica.
+    Memory,
+    /// Shared by every replica.
+    Redis(Redis),
+}
+
+#[derive(Clone, Debug)]
+pub struct Redis {
+    /// `redis://` or `rediss://` (TLS); may carry a user and password.
+    pub url: Secret,
+    /// Used when the URL carries no password.
+    pub password: Option<Secret>,
+    /// How long a replica may serve a session from its local cache before
+    /// asking Redis again: the bound on how long a session ended elsewhere
+    /// can still be honoured here. Zero disables the local cache.
+    pub cache_ttl: Duration,
 }
 
 #[derive(Clone, Debug)]

@@ -25,7 +25,7 @@ use crate::config;
 use crate::identity::{Identity, Role};
 
 /// Cookie names billguard sets all start with this (after an optional
-/// `__Host-` prefix).
+/// `__Host-` or `__Secure-` prefix).
 pub const COOKIE_PREFIX: &str = "billguard_";
 
 /// Characters escaped in identity values: controls and `%` always, so the
@@ -311,6 +311,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// True for a cookie name billguard itself sets.
 pub fn is_own_cookie(name: &str) -> bool {
     name.strip_prefix("__Host-")
+        .or_else(|| name.strip_prefix("__Secure-"))
         .unwrap_or(name)
         .starts_with(COOKIE_PREFIX)
 }

@@ -1,8 +1,9 @@
 //! Endpoints for probes and for checking who you are:
 //! - `/_billguard/health`: 200 while the process serves requests;
-//! - `/_billguard/ready`: 200 once the provider metadata is loaded, else 503;
-//!   also 503 from the moment a shutdown begins (see [`Draining`]), so
-//!   Kubernetes stops routing here while in-flight requests finish;
+//! - `/_billguard/ready`: 200 once the provider metadata is loaded and the
+//!   session store answers, else 503; also 503 from the moment a shutdown
+//!   begins (see [`Draining`]), so Kubernetes stops routing here while
+//!   in-flight requests finish;
 //! - `/_billguard/whoami`: the current identity and why its role is what it
 //!   is, or 401 without a session.
 
@@ -15,7 +16,7 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::login::start_href;
-use crate::respond::{self, Body};
+use crate::respond::{self, Body, Failure};
 
 pub fn health() -> Response<Body> {
     respond::text(StatusCode::OK, "ok\n")
@@ -44,28 +45,43 @@ pub fn ready(app: &App) -> Response<Body> {
             &json!({"ready": false, "provider": "shutting down"}),
         );
     }
-    let Some(provider) = &app.provider else {
-        return respond::json(
-            StatusCode::OK,
-            &json!({"ready": true, "provider": "none (local login only)"}),
-        );
+    let (provider, provider_text) = match &app.provider {
+        None => (true, "none (local login only)"),
+        Some(p) if p.is_ready() => (true, "loaded"),
+        Some(p) => {
+            p.wake();
+            (false, "metadata not loaded yet")
+        }
     };
-    if provider.is_ready() {
-        respond::json(
-            StatusCode::OK,
-            &json!({"ready": true, "provider": "loaded"}),
-        )
+    let sessions = app.sessions.is_available();
+    let status = if provider && sessions {
+        StatusCode::OK
     } else {
-        provider.wake();
-        respond::json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "provider": "metadata not loaded yet"}),
-        )
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    respond::json(
+        status,
+        &json!({
+            "ready": provider && sessions,
+            "provider": provider_text,
+            "sessions": if sessions {
+                app.sessions.kind()
+            } else {
+                "unreachable"
+            },
+        }),
+    )
 }
 
 pub async fn whoami(app: &App, headers: &HeaderMap) -> Response<Body> {
-    let Some((_, session)) = app.sessions.lookup(headers).await else {
+    let found = match app.refresher.session_for(headers).await {
+        Ok(found) => found,
+        Err(error) => {
+            tracing::error!(%error, "whoami refused: sessions cannot be checked");
+            return Failure::sessions_unavailable().into_response(false);
+        }
+    };
+    let Some((_, session)) = found else {
         return respond::problem_json(
             StatusCode::UNAUTHORIZED,
             &json!({

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backchannel;
 pub mod bearer;
 pub mod bypass;
 pub mod check;
@@ -22,6 +23,7 @@ pub mod metrics;
 pub mod oidc;
 pub mod pages;
 pub mod policy;
+pub mod refresh;
 pub mod request_id;
 pub mod respond;
 pub mod routes;

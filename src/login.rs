@@ -9,6 +9,11 @@
 //! [`MAX_PENDING`] exist at a time; starting another drops the oldest, so
 //! they never pile up into an oversized `Cookie` header.
 //!
+//! The ID token, needed only as `id_token_hint` at sign-out, is not kept
+//! with the session (it is most of a session's weight): it goes back to the
+//! browser in its own encrypted cookie, `billguard_hint`, whose `Path` is
+//! the sign-out endpoint, so the browser sends it there and nowhere else.
+//!
 //! The callback reads top to bottom: provider error, state and its cookie,
 //! replay check, code exchange and token checks (in `oidc`), admission,
 //! fresh session, redirect to the page first asked for.
@@ -27,14 +32,18 @@ use crate::app::App;
 use crate::config;
 use crate::identity::Refusal;
 use crate::oidc::FlowError;
+use crate::refresh;
 use crate::respond::{self, Body, Failure};
-use crate::session::set_cookie_value;
+use crate::session::{NewSession, set_cookie_value};
 
 /// Pending logins allowed at once per browser.
 pub const MAX_PENDING: usize = 3;
 /// How long a login may take at the provider.
 const PENDING_LIFETIME: Duration = Duration::from_secs(600);
 const LOGIN_COOKIE: &str = "billguard_login_";
+/// Holds the ID token for `id_token_hint`; sent only to sign-out.
+const HINT_COOKIE: &str = "billguard_hint";
+const SIGN_OUT_PATH: &str = "/_billguard/sign_out";
 /// Set when a stale callback restarts the login, so a broken setup cannot
 /// bounce the browser between billguard and the provider forever.
 const RETRY_COOKIE: &str = "billguard_retry";
@@ -47,6 +56,8 @@ pub const START_PATH: &str = "/_billguard/start";
 pub struct Logins {
     key: Key,
     secure: bool,
+    /// Lifetime of the hint cookie: that of the session.
+    session_ttl: Duration,
     /// States whose callback already ran, so a replayed callback fails even
     /// if the browser still had the cookie.
     consumed: Cache<String, ()>,
@@ -76,6 +87,7 @@ impl Logins {
             // The secret is at least 32 bytes (checked in config).
             key: Key::derive_from(cfg.secret.expose().as_bytes()),
             secure: cfg.secure_cookies,
+            session_ttl: cfg.ttl,
             consumed: Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(PENDING_LIFETIME)
@@ -118,6 +130,40 @@ impl Logins {
 
     fn removal(&self, name: String) -> HeaderValue {
         set_cookie_value(self.build(name, String::new(), Duration::ZERO))
+    }
+
+    fn hint_name(&self) -> &'static str {
+        // `__Host-` would force `Path=/`; `__Secure-` allows the narrow path.
+        if self.secure {
+            "__Secure-billguard_hint"
+        } else {
+            HINT_COOKIE
+        }
+    }
+
+    fn hint_cookie<'c>(&self, id_token: String, max_age: Duration) -> Cookie<'c> {
+        let mut cookie = self.build(self.hint_name().to_owned(), id_token, max_age);
+        cookie.set_path(SIGN_OUT_PATH);
+        cookie
+    }
+
+    /// `Set-Cookie` carrying the ID token, encrypted.
+    fn set_hint(&self, id_token: String) -> Vec<HeaderValue> {
+        let mut jar = CookieJar::new();
+        jar.private_mut(&self.key)
+            .add(self.hint_cookie(id_token, self.session_ttl));
+        jar.delta().map(|c| set_cookie_value(c.clone())).collect()
+    }
+
+    /// The ID token from the hint cookie, if the request carries a valid one.
+    fn hint(&self, headers: &HeaderMap) -> Option<String> {
+        let jar = self.jar(headers);
+        let cookie = jar.private(&self.key).get(self.hint_name())?;
+        Some(cookie.value().to_owned())
+    }
+
+    fn clear_hint(&self) -> HeaderValue {
+        set_cookie_value(self.hint_cookie(String::new(), Duration::ZERO))
     }
 }
 
@@ -302,15 +348,35 @@ async fn complete(app: &App, code: &str, pending: &Pending) -> Response<Body> {
         groups = identity.groups.len(),
         "Login succeeded"
     );
-    // The access token is kept only when the app is to receive it.
-    let access_token = app.access_token.forward.then_some(completed.access_token);
-    let id = app
-        .sessions
-        .create_with(identity, Some(completed.id_token), access_token)
-        .await;
+    // The access token is kept when the app is to receive it, or when
+    // without a refresh token it is the one way to ask userinfo again.
+    let tokens = refresh::tokens_of(
+        completed.grant,
+        None,
+        app.access_token.forward,
+        std::time::SystemTime::now(),
+    );
+    let new = NewSession {
+        identity,
+        id_token: None,
+        sid: completed.sid,
+        tokens,
+    };
+    let id = match app.sessions.open(new).await {
+        Ok(id) => id,
+        Err(error) => {
+            tracing::error!(target: "billguard::auth", outcome = "failure", reason = "session_store", %error, "Login failed: session not stored");
+            return Failure::sessions_unavailable()
+                .with_retry(retry)
+                .into_response(true);
+        }
+    };
     let mut res = respond::redirect(&pending.return_to);
     res.headers_mut()
         .append(header::SET_COOKIE, app.sessions.set_cookie(&id));
+    for value in app.logins.set_hint(completed.id_token) {
+        res.headers_mut().append(header::SET_COOKIE, value);
+    }
     res
 }
 
@@ -401,6 +467,7 @@ fn flow_failure(error: &FlowError, retry: String) -> Response<Body> {
         FlowError::NoIdToken => ("no_id_token", provider_broken()),
         FlowError::IdToken(_) => ("id_token_invalid", provider_broken()),
         FlowError::Userinfo(_) => ("userinfo_failed", provider_broken()),
+        FlowError::RefreshRejected(_) => ("refresh_rejected", provider_broken()),
     };
     tracing::error!(target: "billguard::auth", outcome = "failure", reason, error = %error, "Login failed");
     failure.with_retry(retry).into_response(true)
@@ -423,6 +490,8 @@ fn auth_failure(reason: &'static str, detail: &str, failure: Failure) -> Respons
 /// Ends the session and, when the provider supports it, signs out there too
 /// (OIDC RP-Initiated Logout §2).
 pub async fn sign_out(app: &App, headers: &HeaderMap) -> Response<Body> {
+    // Signing out works even while the store is unreachable: the cookie
+    // goes either way, and the provider is still told.
     let session = app.sessions.lookup(headers).await;
     let (hint, local) = match &session {
         Some((id, session)) => {
@@ -432,6 +501,7 @@ pub async fn sign_out(app: &App, headers: &HeaderMap) -> Response<Body> {
         }
         None => (None, false),
     };
+    let hint = hint.or_else(|| app.logins.hint(headers));
 
     // A password session has nothing to end at the provider.
     let provider_logout = app
@@ -450,6 +520,8 @@ pub async fn sign_out(app: &App, headers: &HeaderMap) -> Response<Body> {
     };
     res.headers_mut()
         .append(header::SET_COOKIE, app.sessions.clear_cookie());
+    res.headers_mut()
+        .append(header::SET_COOKIE, app.logins.clear_hint());
     res
 }
 

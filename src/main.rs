@@ -78,7 +78,11 @@ fn serve(file: Option<std::path::PathBuf>, args: ServeArgs) -> ExitCode {
         callback = oidc.map_or("-", |o| o.redirect_uri.path()),
         admin_group = oidc.and_then(|o| o.admin_group.as_deref()).unwrap_or("(none: nobody is admin)"),
         local_login = cfg.local_login.enabled,
-        sessions = "memory",
+        sessions = match cfg.session.store {
+            config::StoreKind::Memory => "memory",
+            config::StoreKind::Redis(_) => "redis",
+        },
+        persist_file = cfg.session.persist_file.as_ref().map(|p| p.display().to_string()),
         secure_cookies = cfg.session.secure_cookies,
         "Starting billguard"
     );

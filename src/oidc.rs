@@ -27,8 +27,9 @@ use url::Url;
 use crate::config;
 
 pub mod flow;
+pub mod logout;
 
-pub use flow::{Completed, Error as FlowError, Probe, Started};
+pub use flow::{Completed, Error as FlowError, Grant, Probe, Refreshed, Started};
 
 /// The client type once discovery has set the endpoints.
 pub type Client = CoreClient<

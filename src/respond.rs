@@ -122,6 +122,16 @@ impl Failure {
         )
     }
 
+    /// The session store (Redis) cannot be reached: nobody's session can
+    /// be checked, so nobody is let through.
+    pub fn sessions_unavailable() -> Self {
+        Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Temporarily unavailable",
+            "Sessions cannot be checked right now. Please try again in a moment.",
+        )
+    }
+
     /// Renders the failure for a browser page or a script.
     pub fn into_response(self, navigation: bool) -> Response<Body> {
         if navigation {
@@ -179,6 +189,15 @@ pub fn problem_json(status: StatusCode, body: &serde_json::Value) -> Response<Bo
         HeaderValue::from_static("application/problem+json"),
     );
     res
+}
+
+/// An OAuth-style error answer for a server-to-server endpoint (the
+/// back-channel logout endpoint, OIDC Back-Channel Logout §2.8).
+pub fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    json(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
 }
 
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Body> {

@@ -10,8 +10,11 @@
 //!    path decides: `public`, `authenticated` (also when none matches) or
 //!    `admin` (see `policy`).
 //! 4. **Credentials.** A public path needs none. Any other needs a session,
-//!    found by the session cookie, or else a valid `Authorization: Bearer`
-//!    token (see `bearer`); a refused token is a 401 `invalid_token`.
+//!    found by the session cookie and refreshed first when the provider must
+//!    be asked again (see `refresh`), or else a valid `Authorization:
+//!    Bearer` token (see `bearer`); a refused token is a 401
+//!    `invalid_token`. A session store that cannot be reached gives 503:
+//!    nobody is let through unchecked.
 //! 5. **No credentials.** A browser navigation is sent to the sign-in page
 //!    while local login is on, else straight to the provider, and comes back
 //!    to the same page after login; a script (fetch, XHR, API client) gets
@@ -40,6 +43,7 @@ use tracing::Instrument as _;
 
 use crate::admin;
 use crate::app::App;
+use crate::backchannel;
 use crate::bearer::{self, Credential};
 use crate::forward;
 use crate::headers::{IdentityValues, Peer};
@@ -115,6 +119,9 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
             login::callback(app, req.headers(), req.uri().query()).await,
             None,
         );
+    }
+    if path == backchannel::PATH {
+        return (backchannel::handle(app, req).await, None);
     }
     if let Some(endpoint) = path.strip_prefix(OWN_PREFIX) {
         let endpoint = endpoint.to_owned();
@@ -218,7 +225,7 @@ async fn proxy(
     app.rewriter.upstream_request(
         headers,
         peer,
-        caller.as_ref().map(Caller::headers),
+        caller.as_ref().map(Caller::headers).as_ref(),
         upgrade.clone(),
     );
     if !app.forward_authorization {
@@ -272,8 +279,13 @@ async fn authenticate(
     req: &Request<Incoming>,
     navigation: bool,
 ) -> Result<Caller, Response<Body>> {
-    if let Some((_, session)) = app.sessions.lookup(req.headers()).await {
-        return Ok(Caller::Session(session));
+    match app.refresher.session_for(req.headers()).await {
+        Ok(Some((_, session))) => return Ok(Caller::Session(session)),
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "Request refused: sessions cannot be checked");
+            return Err(Failure::sessions_unavailable().into_response(navigation));
+        }
     }
     let Some(verifier) = app.bearer.as_ref().filter(|b| b.enabled()) else {
         return Err(unauthenticated(app, req, navigation).await);
@@ -380,17 +392,17 @@ impl Caller {
         }
     }
 
-    fn headers(&self) -> &IdentityValues {
+    fn headers(&self) -> IdentityValues {
         match self {
-            Caller::Session(session) => &session.headers,
-            Caller::Bearer(caller, _) => &caller.headers,
+            Caller::Session(session) => session.headers(),
+            Caller::Bearer(caller, _) => caller.headers.clone(),
         }
     }
 
     /// The access token to forward: the session's, or the client's own.
     fn access_token(&self) -> Option<&str> {
         match self {
-            Caller::Session(session) => session.access_token.as_ref().map(|t| t.expose()),
+            Caller::Session(session) => session.tokens.access.as_deref(),
             Caller::Bearer(_, token) => Some(token),
         }
     }

@@ -63,6 +63,8 @@ pub enum Error {
     Client(#[from] oidc::reqwest_error::BuildError),
     #[error(transparent)]
     Tls(#[from] tls::Error),
+    #[error(transparent)]
+    App(#[from] crate::app::Error),
 }
 
 /// A proxy that is accepting connections.
@@ -71,6 +73,7 @@ pub struct Running {
     metrics_addr: Option<SocketAddr>,
     live: Live,
     draining: Draining,
+    sessions: crate::session::Store,
     stop: watch::Sender<bool>,
     /// Fires once the listener is closed.
     closed: Option<oneshot::Receiver<()>>,
@@ -107,6 +110,11 @@ impl Running {
     /// The App in force, which a configuration reload replaces.
     pub fn live(&self) -> &Live {
         &self.live
+    }
+
+    /// Resolves once the session store's availability equals `up`.
+    pub async fn wait_sessions(&self, up: bool) {
+        self.sessions.wait_available(up).await;
     }
 
     /// The first step of a shutdown: readiness fails from now on, while
@@ -189,6 +197,7 @@ fn launch(
     })?;
     let live = Live::new(App::build(config.clone(), settings, None)?);
     let draining = live.load().draining.clone();
+    let sessions = live.load().sessions.clone();
     let (stop, stopped) = watch::channel(false);
     let mut background = Vec::new();
 
@@ -235,10 +244,17 @@ fn launch(
 
     let serving = Arc::new(Serving::new(live.clone(), &config, tls));
     let (closing, closed) = oneshot::channel();
-    let task = tokio::spawn(async move {
-        accept_loop(serving, listener, stopped, closing).await;
-        for task in background {
-            task.abort();
+    let task = tokio::spawn({
+        let sessions = sessions.clone();
+        async move {
+            // Restored before the first request is accepted; connections
+            // wait in the listen backlog meanwhile.
+            sessions.restore().await;
+            accept_loop(serving, listener, stopped, closing).await;
+            for task in background {
+                task.abort();
+            }
+            sessions.persist().await;
         }
     });
     Ok(Running {
@@ -246,6 +262,7 @@ fn launch(
         metrics_addr,
         live,
         draining,
+        sessions,
         stop,
         closed: Some(closed),
         task,

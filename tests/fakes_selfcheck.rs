@@ -352,7 +352,7 @@ async fn claims_only_in_userinfo_leaves_the_id_token_bare() {
     names.sort_unstable();
     assert_eq!(
         names,
-        ["at_hash", "aud", "exp", "iat", "iss", "nonce", "sub"]
+        ["at_hash", "aud", "exp", "iat", "iss", "nonce", "sid", "sub"]
     );
 
     let userinfo = rp

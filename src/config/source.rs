@@ -85,7 +85,12 @@ const PROVIDER_KEYS: [&str; 4] = [
 ];
 
 /// Settings whose values are never shown.
-const SECRETS: &[&str] = &["oidc.client_secret", "session.secret", "session.redis_url"];
+const SECRETS: &[&str] = &[
+    "oidc.client_secret",
+    "session.secret",
+    "session.redis_url",
+    "session.redis_password",
+];
 
 /// Every key the file may contain, by table ("" is the top level).
 const KEYS: &[(&str, &[&str])] = &[
@@ -129,6 +134,10 @@ const KEYS: &[(&str, &[&str])] = &[
             "idle_timeout",
             "max_sessions",
             "secret",
+            "redis_password",
+            "redis_cache_ttl",
+            "persist_file",
+            "refresh_interval",
         ],
     ),
     (
@@ -432,14 +441,37 @@ impl Reader {
         warnings: &mut Vec<String>,
     ) -> Option<Session> {
         let store = self.parse("session.store", Some("memory"), |s| match s {
-            "memory" => Ok(()),
-            "redis" => Err("this version of billguard keeps sessions in memory only; \
-                            allowed: memory"
-                .into()),
-            other => Err(format!("`{other}` is not a session store; allowed: memory")),
+            "memory" => Ok(false),
+            "redis" => Ok(true),
+            other => Err(format!(
+                "`{other}` is not a session store; allowed: memory, redis"
+            )),
         });
-        // Read only to report it; it is used once a shared store exists.
-        let _ = self.optional("session.redis_url", |s| Ok(Secret::new(s.to_owned())));
+        let redis_url = self.optional("session.redis_url", parse_redis_url);
+        let redis_password =
+            self.optional("session.redis_password", |s| Ok(Secret::new(s.to_owned())));
+        let cache_ttl = self.parse(
+            "session.redis_cache_ttl",
+            Some(DEFAULT_REDIS_CACHE_TTL),
+            |s| match humantime::parse_duration(s) {
+                Ok(d) if d <= Duration::from_secs(60) => Ok(d),
+                _ => Err(format!(
+                    "`{s}` is not a duration of at most 60s; for example 2s, or 0s for no \
+                     local cache"
+                )),
+            },
+        );
+        let persist_file = self.optional("session.persist_file", |s| Ok(PathBuf::from(s)));
+        let refresh_interval = self.parse(
+            "session.refresh_interval",
+            Some(DEFAULT_REFRESH_INTERVAL),
+            |s| match parse_duration(s)? {
+                d if d < Duration::from_secs(1) => {
+                    Err(format!("`{s}` is too short; at least 1s, for example 5m"))
+                }
+                d => Ok(d),
+            },
+        );
         let ttl = self.parse("session.ttl", Some(DEFAULT_SESSION_TTL), parse_duration);
         let idle_timeout = self.parse(
             "session.idle_timeout",
@@ -468,8 +500,56 @@ impl Reader {
             Ok(Secret::new(s.to_owned()))
         });
 
-        store?;
-        let (secret, secret_generated) = match secret? {
+        let secret = secret?;
+        let store = match (store?, redis_url?) {
+            (false, url) => {
+                if url.is_some() {
+                    warnings.push(
+                        "session.redis_url is set but session.store is memory; \
+                         the URL is not used"
+                            .into(),
+                    );
+                }
+                StoreKind::Memory
+            }
+            (true, None) => {
+                let origin = self.origin_of("session.store");
+                self.problem(
+                    "session.redis_url",
+                    &origin,
+                    "is required when session.store is redis; for example \
+                     redis://redis:6379/0 or rediss://user@redis.example.com:6380/0"
+                        .into(),
+                );
+                return None;
+            }
+            (true, Some(url)) => StoreKind::Redis(Redis {
+                url,
+                password: redis_password?,
+                cache_ttl: cache_ttl?,
+            }),
+        };
+        let persist_file = persist_file?;
+        let needs_key = match (&store, &persist_file) {
+            (StoreKind::Redis(_), _) => Some(("session.store", "every replica must share it")),
+            (StoreKind::Memory, Some(_)) => Some((
+                "session.persist_file",
+                "the file must be readable after a restart",
+            )),
+            (StoreKind::Memory, None) => None,
+        };
+        if let (Some((key, why)), None) = (needs_key, &secret) {
+            self.problem(
+                "session.secret",
+                &Origin::Default,
+                format!(
+                    "must be set when {key} is used: {why}; for example the output of \
+                     `openssl rand -base64 48`"
+                ),
+            );
+            return None;
+        }
+        let (secret, secret_generated) = match secret {
             Some(secret) => (secret, false),
             None => {
                 warnings.push(
@@ -498,6 +578,9 @@ impl Reader {
             secret,
             secret_generated,
             secure_cookies,
+            store,
+            persist_file,
+            refresh_interval: refresh_interval?,
         })
     }
 
@@ -1352,6 +1435,20 @@ fn parse_ca_file(s: &str) -> Result<CaBundle, String> {
         ));
     }
     Ok(CaBundle { path, certs })
+}
+
+fn parse_redis_url(s: &str) -> Result<Secret, String> {
+    // Never echo the value: it may carry a password.
+    let url = Url::parse(s).map_err(|e| format!("is not a URL ({e})"))?;
+    match url.scheme() {
+        "redis" | "rediss" if url.host_str().is_some_and(|h| !h.is_empty()) => {
+            Ok(Secret::new(s.to_owned()))
+        }
+        "redis" | "rediss" => Err("has no host; for example redis://redis:6379/0".into()),
+        other => Err(format!(
+            "has scheme `{other}`; allowed: redis (plain) or rediss (TLS)"
+        )),
+    }
 }
 
 fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {

@@ -44,8 +44,25 @@ pub struct Completed {
     pub claims: Claims,
     /// The raw ID token, for `id_token_hint` at sign-out.
     pub id_token: String,
-    /// The access token, for `access_token.forward`.
+    /// The provider's session id (`sid`), when it sends one.
+    pub sid: Option<String>,
+    pub grant: Grant,
+}
+
+/// The tokens of a code exchange or a refresh.
+pub struct Grant {
     pub access_token: String,
+    pub refresh_token: Option<String>,
+    /// `expires_in` of the access token, when the provider says.
+    pub expires_in: Option<Duration>,
+}
+
+/// A refresh the provider accepted, with the user's current claims.
+pub struct Refreshed {
+    pub claims: Claims,
+    /// A new ID token, when the provider issued one.
+    pub id_token: Option<String>,
+    pub grant: Grant,
 }
 
 /// What the token endpoint said to a code that cannot be valid.
@@ -82,6 +99,9 @@ pub enum Error {
     Nonce,
     #[error("userinfo: {0}")]
     Userinfo(String),
+    /// The provider refused the refresh token (expired, revoked, reused).
+    #[error("token endpoint refused the refresh token: {0}")]
+    RefreshRejected(String),
 }
 
 // === impl Provider ===
@@ -106,6 +126,11 @@ impl Provider {
             .set_pkce_challenge(challenge);
         for scope in cfg.scopes.iter().filter(|s| *s != "openid") {
             request = request.add_scope(Scope::new(scope.clone()));
+        }
+        // OIDC Core §11: a refresh token for offline use needs consent; Authentik
+        // answers `consent_required` without this prompt.
+        if cfg.scopes.iter().any(|s| s == "offline_access") {
+            request = request.add_prompt(openidconnect::core::CoreAuthPrompt::Consent);
         }
         let (url, state, nonce) = request.url();
         Ok(Started {
@@ -146,9 +171,10 @@ impl Provider {
             .map_err(exchange_error)?;
 
         let id_token = response.id_token().ok_or(Error::NoIdToken)?.clone();
-        let claims = self.verify(&found, &id_token, nonce).await?;
+        let claims = self.verify(&found, &id_token, Some(nonce)).await?;
         let raw = id_token.to_string();
         let extra = payload(&raw);
+        let sid = extra.get("sid").and_then(Value::as_str).map(str::to_owned);
 
         let mut claims = Claims {
             subject: claims.subject().as_str().to_owned(),
@@ -169,7 +195,8 @@ impl Provider {
         Ok(Completed {
             claims,
             id_token: raw,
-            access_token: response.access_token().secret().clone(),
+            sid,
+            grant: grant_of(&response),
         })
     }
 
@@ -215,6 +242,79 @@ impl Provider {
         }
     }
 
+    /// Redeems a refresh token (RFC 6749 §6) and gathers the user's current
+    /// claims from the new ID token and, where it lacks them, userinfo. A
+    /// new ID token must name the same user (OIDC Core §12.2).
+    pub async fn refresh(&self, refresh_token: &str, subject: &str) -> Result<Refreshed, Error> {
+        let found = self.discovered().ok_or(Error::NotReady)?;
+        let auth_type = match self.config().token_auth_method {
+            TokenAuthMethod::ClientSecretBasic => AuthType::BasicAuth,
+            TokenAuthMethod::ClientSecretPost => AuthType::RequestBody,
+        };
+        let client = found.client.clone().set_auth_type(auth_type);
+        let token = openidconnect::RefreshToken::new(refresh_token.to_owned());
+        let response = client
+            .exchange_refresh_token(&token)
+            .map_err(|e| Error::Exchange(e.to_string()))?
+            .request_async(self.http())
+            .await
+            .map_err(|e| match exchange_error(e) {
+                Error::CodeRejected(detail) => Error::RefreshRejected(detail),
+                other => other,
+            })?;
+
+        let mut claims = Claims {
+            subject: subject.to_owned(),
+            ..Claims::default()
+        };
+        let mut raw = None;
+        if let Some(id_token) = response.id_token() {
+            // A refreshed ID token carries no nonce (OIDC Core §12.2).
+            let verified = self.verify(&found, id_token, None).await?;
+            if verified.subject().as_str() != subject {
+                return Err(Error::IdToken(
+                    "the refreshed ID token names another subject".into(),
+                ));
+            }
+            let text = id_token.to_string();
+            let extra = payload(&text);
+            claims.preferred_username =
+                verified.preferred_username().map(|u| u.as_str().to_owned());
+            claims.email = verified.email().map(|e| e.as_str().to_owned());
+            claims.groups = extra.get(&self.config().groups_claim).cloned();
+            raw = Some(text);
+        }
+        let incomplete = claims.email.is_none()
+            || claims.groups.is_none()
+            || claims.preferred_username.is_none();
+        if incomplete && let Some(url) = &found.userinfo {
+            self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
+                .await?;
+        }
+        Ok(Refreshed {
+            claims,
+            id_token: raw,
+            grant: grant_of(&response),
+        })
+    }
+
+    /// The user's current claims from userinfo (OIDC Core §5.3), for
+    /// sessions without a refresh token.
+    pub async fn userinfo(&self, access_token: &str, subject: &str) -> Result<Claims, Error> {
+        let found = self.discovered().ok_or(Error::NotReady)?;
+        let url = found
+            .userinfo
+            .as_ref()
+            .ok_or_else(|| Error::Userinfo("the provider has no userinfo endpoint".into()))?;
+        let mut claims = Claims {
+            subject: subject.to_owned(),
+            ..Claims::default()
+        };
+        self.complete_from_userinfo(url, access_token, &mut claims)
+            .await?;
+        Ok(claims)
+    }
+
     /// The provider's end-session URL for RP-initiated logout, if it has one.
     pub fn logout_url(&self, id_token_hint: Option<&str>) -> Option<Url> {
         let found = self.discovered()?;
@@ -238,19 +338,23 @@ impl Provider {
         &self,
         found: &Discovered,
         id_token: &CoreIdToken,
-        nonce: &str,
+        nonce: Option<&str>,
     ) -> Result<CoreIdTokenClaims, Error> {
-        let nonce = Nonce::new(nonce.to_owned());
-        match id_token.claims(&self.verifier(found), &nonce) {
-            Ok(claims) => Ok(claims.clone()),
+        let check = |found: &Discovered| match nonce {
+            Some(nonce) => id_token
+                .claims(&self.verifier(found), &Nonce::new(nonce.to_owned()))
+                .cloned(),
+            None => id_token
+                .claims(&self.verifier(found), |_: Option<&Nonce>| Ok(()))
+                .cloned(),
+        };
+        match check(found) {
+            Ok(claims) => Ok(claims),
             Err(openidconnect::ClaimsVerificationError::SignatureVerification(
                 openidconnect::SignatureVerificationError::NoMatchingKey,
             )) if self.refetch_jwks().await => {
                 let found = self.discovered().ok_or(Error::NotReady)?;
-                id_token
-                    .claims(&self.verifier(&found), &nonce)
-                    .cloned()
-                    .map_err(verification_error)
+                check(&found).map_err(verification_error)
             }
             Err(e) => Err(verification_error(e)),
         }
@@ -323,6 +427,14 @@ impl Provider {
             claims.groups = info.get(&self.config().groups_claim).cloned();
         }
         Ok(())
+    }
+}
+
+fn grant_of<R: OAuth2TokenResponse>(response: &R) -> Grant {
+    Grant {
+        access_token: response.access_token().secret().clone(),
+        refresh_token: response.refresh_token().map(|t| t.secret().clone()),
+        expires_in: response.expires_in(),
     }
 }
 

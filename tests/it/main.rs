@@ -7,6 +7,7 @@
 
 mod access;
 mod admin;
+mod backchannel;
 mod check;
 mod cli;
 mod demo;
@@ -17,5 +18,8 @@ mod local;
 mod login;
 mod ops;
 mod policy_cli;
+mod refresh;
+mod replicas;
 mod rollout;
+mod store;
 mod support;

@@ -5,5 +5,6 @@ pub mod browser;
 pub mod local;
 pub mod process;
 pub mod provider;
+pub mod redis;
 pub mod stack;
 pub mod upstream;

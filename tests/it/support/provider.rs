@@ -109,6 +109,21 @@ pub struct User {
     pub groups: Value,
 }
 
+/// How to shape a logout token; the default is a valid one for nobody in particular.
+#[derive(Clone, Debug, Default)]
+pub struct LogoutSpec {
+    pub sub: Option<String>,
+    pub sid: Option<String>,
+    /// A fixed `jti`, to replay a token; random when `None`.
+    pub jti: Option<String>,
+    /// Signed with a key the provider does not publish.
+    pub forged: bool,
+    pub with_nonce: bool,
+    pub without_event: bool,
+    pub issued_ago: Duration,
+    pub audience: Option<String>,
+}
+
 /// One way to get things wrong; each applies to every token issued until [`Provider::reset`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Misbehave {
@@ -260,6 +275,87 @@ impl Provider {
         self.shared.state().jwks_fetches
     }
 
+    /// Changes a user's groups at the provider, as an administrator would in Authentik: later
+    /// tokens, refreshes and userinfo answers carry the new groups.
+    pub fn set_groups(&self, name: &str, groups: Value) {
+        let sub = self.user(name).sub;
+        self.shared.state().groups.insert(sub, groups);
+    }
+
+    /// Sets `expires_in` of the access tokens issued from now on.
+    pub fn set_access_token_lifetime(&self, lifetime: Duration) {
+        self.shared.state().access_lifetime = Some(lifetime);
+    }
+
+    /// Refresh grants accepted so far.
+    pub fn refreshes(&self) -> usize {
+        self.shared.state().refreshes
+    }
+
+    /// Forgets every refresh token, as when the provider revokes the user's sessions.
+    pub fn revoke_refresh_tokens(&self) {
+        self.shared.state().refresh_tokens.clear();
+    }
+
+    /// The provider session id (`sid`) of the user's latest login.
+    pub fn sid_of(&self, name: &str) -> Option<String> {
+        let sub = self.user(name).sub;
+        self.shared.state().sids.get(&sub).cloned()
+    }
+
+    /// The `sub` of a user.
+    pub fn sub_of(&self, name: &str) -> String {
+        self.user(name).sub
+    }
+
+    /// A logout token for OIDC Back-Channel Logout, shaped by `spec`.
+    pub fn logout_token(&self, spec: LogoutSpec) -> String {
+        let now = SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("the clock is past 1970")
+            .as_secs()
+            - spec.issued_ago.as_secs();
+        let mut claims = json!({
+            "iss": self.shared.issuer,
+            "aud": spec.audience.unwrap_or_else(|| self.shared.opts.client_id.clone()),
+            "iat": now,
+            "exp": now + 120,
+            "jti": spec.jti.unwrap_or_else(random_token),
+        });
+        if !spec.without_event {
+            claims["events"] = json!({ "http://schemas.openid.net/event/backchannel-logout": {} });
+        }
+        if let Some(sub) = spec.sub {
+            claims["sub"] = json!(sub);
+        }
+        if let Some(sid) = spec.sid {
+            claims["sid"] = json!(sid);
+        }
+        if spec.with_nonce {
+            claims["nonce"] = json!("n-0S6_WzA2Mj");
+        }
+        // A forged token is signed with the second key, which the JWKS does not publish
+        // until the provider rotates.
+        let key = if spec.forged {
+            1
+        } else {
+            usize::from(self.shared.state().rotated)
+        };
+        let header = json!({ "alg": "RS256", "typ": "logout+jwt", "kid": KEY_IDS[key] });
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = self.shared.keys[key]
+            .sign(
+                &CoreJwsSigningAlgorithm::RsaSsaPkcs1V15Sha256,
+                input.as_bytes(),
+            )
+            .expect("the test key signs");
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
     /// Discovery requests so far, including those answered 503.
     pub fn discovery_fetches(&self) -> usize {
         self.shared.state().discovery_fetches
@@ -399,9 +495,19 @@ struct State {
     discovery_fetches: usize,
     introspections: usize,
     last_access_token: Option<String>,
+    /// Groups changed by the test, by `sub`; they apply to every later token and userinfo.
+    groups: HashMap<String, Value>,
+    /// Live refresh tokens; each is used once (rotation, as Authentik does).
+    refresh_tokens: HashMap<String, Grant>,
+    refreshes: usize,
+    /// `expires_in` of the next access tokens, when the test changed it.
+    access_lifetime: Option<Duration>,
+    /// The provider session id of each user's latest login, by `sub`.
+    sids: HashMap<String, String>,
 }
 
-/// What an authorization code stands for until it is redeemed.
+/// What an authorization code (or a refresh token) stands for until it is redeemed.
+#[derive(Clone)]
 struct Grant {
     client_id: String,
     redirect_uri: String,
@@ -409,6 +515,8 @@ struct Grant {
     nonce: Option<String>,
     user: User,
     issued: Instant,
+    scope: String,
+    sid: String,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -505,11 +613,13 @@ fn discovery(shared: &Shared) -> Resp {
             "introspection_endpoint": format!("{base}{INTROSPECT_PATH}"),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": ["authorization_code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "backchannel_logout_supported": true,
+            "backchannel_logout_session_supported": true,
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "token_endpoint_auth_methods_supported": methods,
-            "scopes_supported": ["openid", "email", "profile", "groups"],
+            "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
             "code_challenge_methods_supported": ["S256"],
             "claims_supported": [
                 "sub", "iss", "aud", "exp", "iat", "nonce", "email", "email_verified",
@@ -569,13 +679,18 @@ fn authorize(shared: &Shared, params: &HashMap<String, String>) -> Resp {
     }
 
     let code = random_token();
+    let user = shared.opts.users[state.login_as].clone();
+    let sid = random_token();
+    state.sids.insert(user.sub.clone(), sid.clone());
     let grant = Grant {
         client_id: shared.opts.client_id.clone(),
         redirect_uri: redirect_uri.to_owned(),
         code_challenge: code_challenge.to_owned(),
         nonce: param("nonce").map(str::to_owned),
-        user: shared.opts.users[state.login_as].clone(),
+        user,
         issued: Instant::now(),
+        scope: param("scope").unwrap_or_default().to_owned(),
+        sid,
     };
     state.codes.insert(code.clone(), grant);
     redirect.query_pairs_mut().append_pair("code", &code);
@@ -611,6 +726,23 @@ async fn token(shared: &Shared, req: Request<Incoming>) -> Resp {
         if state.misbehaving.contains(&Misbehave::TokenError) {
             return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
         }
+        if form.get("grant_type").map(String::as_str) == Some("refresh_token") {
+            // RFC 6749 §6: a used or unknown refresh token is invalid_grant.
+            let grant = form
+                .get("refresh_token")
+                .and_then(|t| state.refresh_tokens.remove(t));
+            let Some(mut grant) = grant.filter(|g| g.client_id == id) else {
+                return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+            };
+            state.refreshes += 1;
+            grant.nonce = None;
+            let issue = Issue {
+                misbehaving: state.misbehaving.clone(),
+                key: usize::from(state.rotated),
+            };
+            drop(state);
+            return issue_tokens(shared, grant, &issue);
+        }
         if form.get("grant_type").map(String::as_str) != Some("authorization_code") {
             return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type");
         }
@@ -638,25 +770,49 @@ async fn token(shared: &Shared, req: Request<Incoming>) -> Resp {
         (grant, issue)
     };
 
+    issue_tokens(shared, grant, &issue)
+}
+
+/// Access token, ID token, and a refresh token when `offline_access` was granted.
+fn issue_tokens(shared: &Shared, mut grant: Grant, issue: &Issue) -> Resp {
+    let (lifetime, groups) = {
+        let state = shared.state();
+        (
+            state.access_lifetime.unwrap_or(TOKEN_LIFETIME),
+            state.groups.get(&grant.user.sub).cloned(),
+        )
+    };
+    if let Some(groups) = groups {
+        grant.user.groups = groups;
+    }
     let access_token = random_token();
-    let id_token = match id_token(shared, &grant, &access_token, &issue) {
+    let id_token = match id_token(shared, &grant, &access_token, issue) {
         Ok(token) => token,
         Err(_) => return oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
     };
+    let offline = grant
+        .scope
+        .split_ascii_whitespace()
+        .any(|s| s == "offline_access");
+    let mut body = json!({
+        "access_token": access_token,
+        "token_type": "Bearer",
+        "expires_in": lifetime.as_secs(),
+        "id_token": id_token,
+    });
     {
         let mut state = shared.state();
-        state.access_tokens.insert(access_token.clone(), grant.user);
+        state
+            .access_tokens
+            .insert(access_token.clone(), grant.user.clone());
         state.last_access_token = Some(access_token.clone());
+        if offline {
+            let refresh_token = random_token();
+            body["refresh_token"] = json!(refresh_token);
+            state.refresh_tokens.insert(refresh_token, grant);
+        }
     }
-    let mut resp = json_response(
-        StatusCode::OK,
-        &json!({
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": TOKEN_LIFETIME.as_secs(),
-            "id_token": id_token,
-        }),
-    );
+    let mut resp = json_response(StatusCode::OK, &body);
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -677,6 +833,10 @@ fn userinfo(shared: &Shared, headers: &HeaderMap) -> Resp {
         return resp;
     };
 
+    let mut user = user.clone();
+    if let Some(groups) = state.groups.get(&user.sub) {
+        user.groups = groups.clone();
+    }
     let mut claims = user.userinfo();
     if state.misbehaving.contains(&Misbehave::UserinfoWrongSub) {
         claims["sub"] = json!(WRONG_SUB);
@@ -791,6 +951,7 @@ fn access_jwt(shared: &Shared, user: &User, issue: &Issue) -> Result<String, Str
         standard,
         GroupsClaim {
             groups: Some(user.groups.clone()).filter(|g| !g.is_null()),
+            sid: None,
         },
     );
 
@@ -831,11 +992,13 @@ fn access_jwt(shared: &Shared, user: &User, issue: &Issue) -> Result<String, Str
 
 // === ID tokens ===
 
-/// The `groups` claim, left out entirely when the user has none.
+/// The `groups` claim, left out entirely when the user has none, and the provider session id.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 struct GroupsClaim {
     #[serde(skip_serializing_if = "Option::is_none")]
     groups: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sid: Option<String>,
 }
 
 impl AdditionalClaims for GroupsClaim {}
@@ -900,7 +1063,10 @@ fn id_token(
         (issued_at + TOKEN_LIFETIME).into(),
         issued_at.into(),
         standard,
-        GroupsClaim { groups },
+        GroupsClaim {
+            groups,
+            sid: Some(grant.sid.clone()),
+        },
     )
     .set_nonce(nonce.map(Nonce::new));
 

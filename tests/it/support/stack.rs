@@ -35,6 +35,10 @@ pub struct StackOptions {
     /// Leave `[oidc]` out entirely (local login alone; needs `[local_login]`
     /// in `extra_toml`).
     pub without_oidc: bool,
+    /// Extra lines inside `[session]`.
+    pub session_toml: String,
+    /// `oidc.scopes`, when not the default `openid email profile groups`.
+    pub scopes: Option<String>,
 }
 
 pub struct Stack {
@@ -43,7 +47,14 @@ pub struct Stack {
     pub proxy: Running,
     pub base: String,
     config: tempfile::NamedTempFile,
+    inputs: Inputs,
     oidc_table: String,
+}
+
+/// One more billguard with the same configuration, as another replica.
+pub struct Replica {
+    pub proxy: Running,
+    pub base: String,
 }
 
 impl Default for StackOptions {
@@ -57,7 +68,17 @@ impl Default for StackOptions {
             admin_group: Some(ADMIN_GROUP),
             upstream_timeout: "20s",
             without_oidc: false,
+            session_toml: String::new(),
+            scopes: None,
         }
+    }
+}
+
+// === impl Replica ===
+
+impl Replica {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 }
 
@@ -93,7 +114,7 @@ client_id = "{client_id}"
 client_secret = "{client_secret}"
 token_auth_method = "{method}"
 redirect_uri = "{base}{CALLBACK_PATH}"
-scopes = "openid email profile groups"
+scopes = "{scopes}"
 {admin_group}
 {oidc_extra}
 "#,
@@ -101,6 +122,10 @@ scopes = "openid email profile groups"
             client_id = provider.client_id(),
             client_secret = provider.client_secret(),
             oidc_extra = opts.oidc_toml,
+            scopes = opts
+                .scopes
+                .as_deref()
+                .unwrap_or("openid email profile groups"),
             admin_group = opts
                 .admin_group
                 .map(|g| format!("admin_group = \"{g}\""))
@@ -114,6 +139,7 @@ upstream_timeout = "{upstream_timeout}"
 {oidc}
 [session]
 secret = "a-test-secret-that-is-long-enough-for-the-key"
+{session_extra}
 {extra}
 "#,
             upstream = opts.upstream_url.clone().unwrap_or_else(|| upstream.url()),
@@ -124,6 +150,7 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
             },
             extra = opts.extra_toml.replace("{provider}", &provider.url()),
             upstream_timeout = opts.upstream_timeout,
+            session_extra = opts.session_toml,
         );
         let mut file = tempfile::NamedTempFile::new().expect("temp config file");
         file.write_all(toml.as_bytes()).expect("write config");
@@ -133,7 +160,8 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
             ..Inputs::default()
         };
         let loaded = config::load(&inputs).unwrap_or_else(|p| panic!("test config rejected:\n{p}"));
-        let proxy = server::start_reloading(loaded, inputs, listener).expect("start billguard");
+        let proxy =
+            server::start_reloading(loaded, inputs.clone(), listener).expect("start billguard");
         if !opts.provider_down_at_start {
             proxy.wait_ready().await;
         }
@@ -143,8 +171,54 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
             proxy,
             base,
             config: file,
+            inputs,
             oidc_table,
         }
+    }
+
+    /// Starts another billguard with the same configuration on a new port.
+    pub async fn replica(&self) -> Replica {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind replica port");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let proxy = self.launch(listener);
+        proxy.wait_ready().await;
+        Replica { proxy, base }
+    }
+
+    /// Shuts billguard down (as on SIGTERM) and starts it again with the same configuration,
+    /// on a new port (`base` follows).
+    pub async fn restart(self) -> Stack {
+        let Stack {
+            provider,
+            upstream,
+            proxy,
+            config,
+            inputs,
+            oidc_table,
+            ..
+        } = self;
+        proxy.shutdown().await;
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind proxy port");
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stack = Stack {
+            provider,
+            upstream,
+            proxy: launch(&inputs, listener),
+            base,
+            config,
+            inputs,
+            oidc_table,
+        };
+        stack.proxy.wait_ready().await;
+        stack
+    }
+
+    fn launch(&self, listener: TcpListener) -> Running {
+        launch(&self.inputs, listener)
     }
 
     /// The `[oidc]` table for the fake provider, as the stack wrote it.
@@ -181,6 +255,11 @@ secret = "a-test-secret-that-is-long-enough-for-the-key"
     pub fn session_cookie(&self) -> &'static str {
         "billguard_session"
     }
+}
+
+fn launch(inputs: &Inputs, listener: TcpListener) -> Running {
+    let loaded = config::load(inputs).unwrap_or_else(|p| panic!("test config rejected:\n{p}"));
+    server::start_reloading(loaded, inputs.clone(), listener).expect("start billguard")
 }
 
 /// Routes billguard's logs into the test output, so a failing test shows
