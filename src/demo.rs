@@ -20,7 +20,8 @@ mod provider;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -37,12 +38,10 @@ use crate::server::{self, Running};
 
 pub use provider::{ADMIN_GROUP, CLIENT_ID, USERS, User};
 
-/// Where billguard listens unless told otherwise.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:4180";
 const CALLBACK_PATH: &str = "/api/auth/oidc/callback";
-const EPHEMERAL_LOOPBACK: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const EPHEMERAL_LOOPBACK: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -233,6 +232,8 @@ where
 {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
+            // Out of file descriptors, say: let connections close first.
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let handle = handle.clone();
