@@ -83,6 +83,7 @@ users_file = "${users}"
     assert.equal(url.origin + url.pathname, `${proxy.base}${SIGN_IN}`);
     assert.ok(await page.isVisible('input[name=password]'));
     assert.equal(await page.locator('a.button', { hasText: 'Sign in with' }).count(), 0);
+    await screenshot(page, 'sign-in-local-only');
 
     await page.fill('input[name=username]', LOCAL_USER.username);
     await page.fill('input[name=password]', LOCAL_USER.password);
@@ -108,10 +109,11 @@ users_file = "${users}"
     await screenshot(page, 'sign-in');
   });
 
-  it('2. the provider test passes', () => {
+  it('2. the provider test passes', (t) => {
     const check = billguard.run(['check', '--config', proxy.configPath]);
     assert.equal(check.status, 0, `billguard check failed:\n${check.stdout}\n${check.stderr}`);
     assert.ok(check.stdout.trim().split('\n').length >= 5, check.stdout);
+    for (const line of check.stdout.trim().split('\n')) t.diagnostic(line);
   });
 
   it('3. log out, then a real OIDC login through the provider', async () => {

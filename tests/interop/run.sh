@@ -75,7 +75,7 @@ start_ready() {
   echo "$pid" >>"$INTEROP_PIDS"
   # Blocks on the process's stdout until the READY line (or its exit).
   local line
-  line="$(tail -n +1 -f --pid="$pid" "$out" | grep -m1 '^READY ' || true)"
+  line="$(timeout 60 tail -n +1 -f --pid="$pid" "$out" | grep -m1 "^READY " || true)"
   if [ -z "$line" ]; then
     echo "$name did not start:" >&2
     cat "$work/$name.err" >&2
@@ -97,7 +97,7 @@ say "upstream $INTEROP_UPSTREAM"
 
 say "browser scenarios (Chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'))"
 status=0
-node --test --test-concurrency=1 \
+node --test --test-concurrency=1 --test-timeout=180000 \
   --test-reporter=spec --test-reporter-destination=stdout \
   --test-reporter=tap --test-reporter-destination="$work/tap" \
   browser.test.mjs rollout.test.mjs || status=$?
