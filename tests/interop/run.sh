@@ -58,7 +58,7 @@ say "npm ci (tests/interop/package-lock.json)"
 if [ -z "${BILLGUARD_BIN:-}" ]; then
   say "cargo build (debug)"
   (cd "$root" && cargo build --locked --quiet)
-  export BILLGUARD_BIN="$root/target/debug/billguard"
+  export BILLGUARD_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/billguard"
 fi
 say "billguard: $BILLGUARD_BIN"
 
