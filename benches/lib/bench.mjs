@@ -33,6 +33,7 @@ const HELP = `usage: node benches/lib/bench.mjs [options]
   --sessions N         distinct sessions for the many-sessions scenario (default 1000)
   --memory-sessions N  also log in N sessions to billguard and measure its RSS
                        under load with all of them (default 0: skip)
+  --login-parallel N   logins in flight at once (default 8)
   --scenarios LIST     comma-separated subset of: ${"c1,c50,c256,many,big"}
   --targets LIST       comma-separated subset of: direct,nginx,apache+openidc,billguard
   --billguard PATH     binary (default target/release/billguard)
@@ -46,8 +47,11 @@ const SCENARIOS = [
   { id: "big", title: "50 connections, 100 KiB body, one session", conns: 50, path: "/big", sessions: 1 },
 ];
 
+let loginParallel = 8;
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
+  loginParallel = opts.loginParallel;
   const dir = path.resolve(opts.out ?? path.join(root, "target/bench", stamp()));
   mkdirSync(dir, { recursive: true });
   log(`run directory ${dir}`);
@@ -93,7 +97,12 @@ async function main() {
   }
   let bg;
   if (wanted.has(BILLGUARD)) {
-    bg = await billguard(dir, provider, { port: ports.billguard, upstream: ports.upstream, bin: opts.billguard });
+    bg = await billguard(dir, provider, {
+      port: ports.billguard,
+      upstream: ports.upstream,
+      bin: opts.billguard,
+      maxSessions: 2 * (manySessions + opts.memorySessions),
+    });
     const cookies = await sessions(BILLGUARD, ports.billguard, manySessions, provider);
     targets.push({ name: BILLGUARD, port: ports.billguard, pid: bg.pid, cookies });
   }
@@ -195,7 +204,7 @@ async function apacheOpenidc(dir, provider, { port, upstream, sessions }) {
   return child;
 }
 
-async function billguard(dir, provider, { port, upstream, bin }) {
+async function billguard(dir, provider, { port, upstream, bin, maxSessions }) {
   const env = {
     BILLGUARD_LISTEN: `127.0.0.1:${port}`,
     BILLGUARD_UPSTREAM: `http://127.0.0.1:${upstream}`,
@@ -206,8 +215,10 @@ async function billguard(dir, provider, { port, upstream, bin }) {
     OIDC_REDIRECT_URI: `http://127.0.0.1:${port}/api/auth/oidc/callback`,
     OIDC_SCOPES: provider.scopes,
     BILLGUARD_SESSION__SECRET: "billguard-bench-session-secret-0123456789",
-    BILLGUARD_SESSION__MAX_SESSIONS: "1000000",
   };
+  // The default bound (100,000) would start evicting in a memory run that
+  // adds that many sessions to the ones already there.
+  if (maxSessions > 100000) env.BILLGUARD_SESSION__MAX_SESSIONS = String(maxSessions);
   const { child } = start("billguard", bin, ["serve"], { log: path.join(dir, "billguard.log"), env });
   await waitFor(`http://127.0.0.1:${port}/_billguard/ready`, { child });
   log(`billguard on 127.0.0.1:${port} (pid ${child.pid})`);
@@ -216,7 +227,7 @@ async function billguard(dir, provider, { port, upstream, bin }) {
 
 async function sessions(name, port, count, provider) {
   const t0 = Date.now();
-  const cookies = await loginMany(`http://127.0.0.1:${port}/small`, count, provider.user);
+  const cookies = await loginMany(`http://127.0.0.1:${port}/small`, count, { ...provider.user, parallel: loginParallel });
   const s = (Date.now() - t0) / 1000;
   log(`${name}: ${count} session(s) from real logins in ${s.toFixed(1)} s`);
   return cookies;
@@ -333,6 +344,7 @@ function parseArgs(argv) {
     repeats: 3,
     sessions: 1000,
     memorySessions: 0,
+    loginParallel: 8,
     scenarios: SCENARIOS.map((s) => s.id),
     targets: [DIRECT, NGINX, APACHE, BILLGUARD],
     billguard: path.join(root, "target/release/billguard"),
@@ -356,6 +368,7 @@ function parseArgs(argv) {
     else if (a === "--repeats") opts.repeats = count(value());
     else if (a === "--sessions") opts.sessions = Math.max(1, count(value()));
     else if (a === "--memory-sessions") opts.memorySessions = count(value());
+    else if (a === "--login-parallel") opts.loginParallel = Math.max(1, count(value()));
     else if (a === "--scenarios") opts.scenarios = value().split(",");
     else if (a === "--targets") opts.targets = value().split(",");
     else if (a === "--billguard") opts.billguard = path.resolve(value());
