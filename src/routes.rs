@@ -115,8 +115,11 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
         if !is_read(req.method()) {
             return (method_not_allowed(), None);
         }
+        // Boxed, like `own` below: their futures are large (token exchange,
+        // pages), and unboxed they would make every proxied request's
+        // future as large, copied whenever hyper moves it.
         return (
-            login::callback(app, req.headers(), req.uri().query()).await,
+            Box::pin(login::callback(app, req.headers(), req.uri().query())).await,
             None,
         );
     }
@@ -125,7 +128,7 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
     }
     if let Some(endpoint) = path.strip_prefix(OWN_PREFIX) {
         let endpoint = endpoint.to_owned();
-        let (res, session) = own(app, &endpoint, req, peer, navigation).await;
+        let (res, session) = Box::pin(own(app, &endpoint, req, peer, navigation)).await;
         return (res, session.map(Caller::Session));
     }
     proxy(app, req, peer, navigation, normalized).await
