@@ -149,8 +149,14 @@ async function main() {
     }
   }
 
+  // The table so far is kept even if the memory run fails.
+  writeFileSync(path.join(dir, "results.json"), JSON.stringify(results, null, 2));
   if (opts.memorySessions > 0 && bg) {
-    results.memory = await memoryRun(dir, provider, bg, ports, opts);
+    try {
+      results.memory = await memoryRun(dir, provider, bg, ports, opts);
+    } catch (error) {
+      log(`memory run failed: ${error.message}`);
+    }
   }
 
   results.finished = new Date().toISOString();

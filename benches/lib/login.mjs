@@ -213,7 +213,14 @@ export async function loginMany(protectedUrl, count, { parallel = 8, ...opts }) 
   async function worker() {
     while (next < count) {
       const i = next++;
-      out[i] = await login(protectedUrl, { ...opts, provider });
+      try {
+        out[i] = await login(protectedUrl, { ...opts, provider });
+      } catch (error) {
+        // A kept-alive connection the server closed just as it was reused:
+        // start that login again, once.
+        if (error.code !== "ECONNRESET") throw error;
+        out[i] = await login(protectedUrl, { ...opts, provider });
+      }
     }
   }
   await Promise.all(Array.from({ length: Math.min(parallel, count) }, worker));
