@@ -17,6 +17,9 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 pub struct Process {
     child: Child,
     lines: mpsc::Receiver<serde_json::Value>,
+    /// Lines read while waiting for another message, kept so that a line
+    /// logged before the one awaited first is still found.
+    backlog: Vec<serde_json::Value>,
     seen: Arc<Mutex<Vec<String>>>,
     /// The public listener, `http://127.0.0.1:<port>`.
     pub base: String,
@@ -59,6 +62,7 @@ impl Process {
         let mut process = Process {
             child,
             lines,
+            backlog: Vec::new(),
             seen,
             base: String::new(),
             metrics: None,
@@ -83,20 +87,24 @@ impl Process {
         format!("{}{path}", self.base)
     }
 
-    /// Waits for a log line whose message starts with `message`.
+    /// Waits for a log line whose message starts with `message`. Each line
+    /// is returned once; lines logged earlier than the ones awaited before
+    /// are still found, whatever order billguard logged them in.
     pub fn wait_for_log(&mut self, message: &str) -> serde_json::Value {
+        let matches = |line: &serde_json::Value| {
+            line["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with(message))
+        };
+        if let Some(at) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(at);
+        }
         let until = Instant::now() + DEADLINE;
         loop {
             let left = until.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(line)
-                    if line["message"]
-                        .as_str()
-                        .is_some_and(|m| m.starts_with(message)) =>
-                {
-                    return line;
-                }
-                Ok(_) => continue,
+                Ok(line) if matches(&line) => return line,
+                Ok(line) => self.backlog.push(line),
                 Err(_) => panic!(
                     "billguard never logged {message:?}; it logged:\n{}",
                     self.log()
