@@ -20,6 +20,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::config::{self, TokenAuthMethod};
+use crate::errors::chain;
 use crate::oidc::{self, Probe, Provider};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -515,17 +516,6 @@ fn method_name(method: TokenAuthMethod) -> &'static str {
         TokenAuthMethod::ClientSecretBasic => "client_secret_basic",
         TokenAuthMethod::ClientSecretPost => "client_secret_post",
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn pass(name: &'static str, detail: impl Into<String>) -> Outcome {

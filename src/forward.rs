@@ -24,6 +24,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::oneshot;
 
+use crate::errors::chain;
 use crate::request_id::{self, RequestId};
 use crate::{config, metrics, tls};
 
@@ -245,15 +246,4 @@ pub fn requested_upgrade<B>(req: &Request<B>) -> Option<HeaderValue> {
     } else {
         None
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

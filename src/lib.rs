@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod csrf;
 pub mod demo;
+pub mod errors;
 pub mod forward;
 pub mod headers;
 pub mod health;

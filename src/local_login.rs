@@ -35,7 +35,7 @@ use crate::config::{self, KnownUser};
 use crate::csrf::Purpose;
 use crate::headers::Peer;
 use crate::identity::{Identity, Role};
-use crate::login::{safe_return_to, start_href};
+use crate::login::{query_param, safe_return_to, start_href};
 use crate::pages::{self, SignIn};
 use crate::respond::{self, Body, Failure};
 
@@ -462,12 +462,6 @@ impl Form {
         }
         form
     }
-}
-
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

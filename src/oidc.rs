@@ -223,7 +223,7 @@ impl Provider {
             .await
             .map_err(|e| DiscoveryError::Fetch {
                 url: url.clone(),
-                reason: describe_discovery_error(&e),
+                reason: crate::errors::chain(&e),
             })?;
 
         let end_session = meta
@@ -334,19 +334,6 @@ pub fn discovery_url(issuer: &str) -> String {
         "{}/.well-known/openid-configuration",
         issuer.trim_end_matches('/')
     )
-}
-
-fn describe_discovery_error<E: std::error::Error>(error: &E) -> String {
-    // Walk the chain: the library's top-level message alone rarely says
-    // whether the host was unreachable or the issuer differed.
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Wraps the HTTP client's build error so callers need not name reqwest.

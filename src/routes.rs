@@ -50,7 +50,7 @@ use crate::headers::{IdentityValues, Peer};
 use crate::health;
 use crate::identity::{Identity, Refusal, Role};
 use crate::local_login::{self, sign_in_href};
-use crate::login::{self, safe_return_to, start_href};
+use crate::login::{self, query_param, safe_return_to, start_href};
 use crate::metrics;
 use crate::policy::{self, Access, Normalized};
 use crate::request_id::{self, RequestId};
@@ -463,12 +463,6 @@ fn is_read(method: &Method) -> bool {
 
 fn method_not_allowed() -> Response<Body> {
     respond::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-}
-
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@ use url::Url;
 
 use super::{Discovered, Provider};
 use crate::config::TokenAuthMethod;
+use crate::errors::chain;
 use crate::identity::Claims;
 
 /// Accepted difference between billguard's clock and the provider's.
@@ -481,15 +482,4 @@ fn exchange_error<RE: std::error::Error + 'static>(
         )),
         RequestTokenError::Other(text) => Error::Exchange(text),
     }
-}
-
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
