@@ -4,8 +4,17 @@
 //!
 //! Targets callers use: `billguard::access` (one line per request) and
 //! `billguard::auth` (one line per login outcome). What to log is the
-//! callers' business; this module only sets up where it goes, and hands
-//! `billguard::auth` events to the login counters in `metrics`.
+//! callers' business; this module only sets up where it goes (standard
+//! error, access-log lines batched per runtime worker: see `batch`), and
+//! hands `billguard::auth` events to the login counters in `metrics`.
+
+mod access_line;
+mod batch;
+
+pub use batch::{flush_thread, worker_idle};
+
+/// The request log's target.
+const ACCESS_TARGET: &str = "billguard::access";
 
 use std::io::IsTerminal as _;
 
@@ -38,13 +47,15 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
         // gets plain text, and skipping the escape codes is much of the
         // cost of an access-log line.
         LogFormat::Text => fmt::layer()
+            .event_format(access_line::Text::new())
             .with_ansi(std::io::stderr().is_terminal())
-            .with_writer(std::io::stderr)
+            .with_writer(batch::Stderr)
             .boxed(),
         LogFormat::Json => fmt::layer()
             .json()
             .flatten_event(true)
-            .with_writer(std::io::stderr)
+            .event_format(access_line::Json::new())
+            .with_writer(batch::Stderr)
             .boxed(),
     };
     // Login events are counted whatever the log filter says, and only they

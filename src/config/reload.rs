@@ -31,15 +31,28 @@ enum Trigger {
 /// configuration in force; `apply` puts a validated configuration in force
 /// or says why it could not; `reject` hears of a configuration that did not
 /// validate.
-pub async fn run(
+///
+/// SIGHUP is caught from the call on, not from the first poll: a signal
+/// sent as soon as the proxy says it listens must reload it, not end it.
+pub fn run(
     inputs: Inputs,
     users_file: Option<PathBuf>,
+    apply: impl FnMut(Loaded) -> Result<(), String> + Send,
+    reject: impl FnMut(String) + Send,
+) -> impl Future<Output = ()> + Send {
+    let hangup = Hangup::new();
+    watch(inputs, users_file, hangup, apply, reject)
+}
+
+async fn watch(
+    inputs: Inputs,
+    users_file: Option<PathBuf>,
+    mut hangup: Hangup,
     mut apply: impl FnMut(Loaded) -> Result<(), String> + Send,
     mut reject: impl FnMut(String) + Send,
 ) {
     let mut users_file = users_file;
     let mut seen = fingerprint(inputs.file.as_deref(), users_file.as_deref());
-    let mut hangup = Hangup::new();
 
     loop {
         let trigger = tokio::select! {

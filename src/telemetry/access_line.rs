@@ -1,0 +1,468 @@
+//! Access-log lines, text or JSON, written without the general formatter.
+//!
+//! There is one access-log line per request, and the general formatters
+//! spend more instructions on it than the rest of a proxied request's own
+//! work: styles that are never printed, the timestamp taken apart for
+//! every line, every field through `Debug` or a JSON value. This writes
+//! the same bytes directly. Every other line, access lines inside a span,
+//! and access lines while colours are on, go through the general
+//! formatter.
+
+use std::cell::RefCell;
+use std::fmt::{self, Write as _};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use chrono::{Datelike as _, Timelike as _};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, time::SystemTime as Clock};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::ACCESS_TARGET;
+
+/// The text format: access lines written here, the rest by `general`.
+pub(super) struct Text {
+    general: format::Format<format::Full, Clock>,
+}
+
+impl Text {
+    pub(super) fn new() -> Self {
+        Text {
+            general: format::Format::default(),
+        }
+    }
+}
+
+/// The JSON format (fields flattened into the object): access lines
+/// written here, the rest by `general`.
+pub(super) struct Json {
+    general: format::Format<format::Json, Clock>,
+}
+
+impl Json {
+    pub(super) fn new() -> Self {
+        Json {
+            general: format::Format::default().json().flatten_event(true),
+        }
+    }
+}
+
+/// Whether this event is an access-log line this module writes.
+fn direct<S, N>(ctx: &FmtContext<'_, S, N>, writer: &Writer<'_>, event: &Event<'_>) -> bool
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let meta = event.metadata();
+    !writer.has_ansi_escapes()
+        && *meta.level() == Level::INFO
+        && meta.target() == ACCESS_TARGET
+        && ctx.event_scope().is_none()
+}
+
+impl<S, N> FormatEvent<S, N> for Text
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if !direct(ctx, &writer, event) {
+            return self.general.format_event(ctx, writer, event);
+        }
+        timestamp(&mut writer, SystemTime::now())?;
+        writer.write_str("  INFO ")?;
+        writer.write_str(ACCESS_TARGET)?;
+        writer.write_str(": ")?;
+        let mut fields = Fields {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Json
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        if !direct(ctx, &writer, event) {
+            return self.general.format_event(ctx, writer, event);
+        }
+        writer.write_str("{\"timestamp\":\"")?;
+        timestamp(&mut writer, SystemTime::now())?;
+        writer.write_str("\",\"level\":\"INFO\"")?;
+        let mut fields = JsonFields {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str(",\"target\":\"")?;
+        writer.write_str(ACCESS_TARGET)?;
+        writer.write_str("\"}\n")
+    }
+}
+
+/// `name=value` pairs as the general formatter writes them: strings
+/// quoted and escaped as `Debug` does, numbers plain, anything else
+/// through its `Debug` (which for a `%` field is its `Display`).
+struct Fields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Fields<'_, '_> {
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        if !std::mem::take(&mut self.first) {
+            self.writer.write_char(' ')?;
+        }
+        let name = field.name();
+        self.writer
+            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
+        self.writer.write_char('=')
+    }
+
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.name(field).and_then(|()| value(self.writer));
+        }
+    }
+}
+
+impl Visit for Fields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.put(field, |w| quoted(w, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.put(field, |w| write!(w, "{value:?}"));
+    }
+}
+
+/// `,"name":value` entries as the JSON formatter writes them: strings
+/// escaped as serde_json does, numbers plain, anything else as the string
+/// its `Debug` gives.
+struct JsonFields<'a, 'w> {
+    writer: &'a mut Writer<'w>,
+    result: fmt::Result,
+}
+
+impl JsonFields<'_, '_> {
+    /// One entry; entries follow `"level"`, so each starts with a comma.
+    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+        if self.result.is_ok() {
+            self.result = self.write(field, value);
+        }
+    }
+
+    fn write(
+        &mut self,
+        field: &Field,
+        value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
+    ) -> fmt::Result {
+        let name = field.name();
+        self.writer.write_char(',')?;
+        json_string(self.writer, name.strip_prefix("r#").unwrap_or(name))?;
+        self.writer.write_char(':')?;
+        value(self.writer)
+    }
+}
+
+impl Visit for JsonFields<'_, '_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.entry(field, |w| json_string(w, value));
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.entry(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.entry(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.entry(field, |w| {
+            let mut text = String::new();
+            write!(text, "{value:?}")?;
+            json_string(w, &text)
+        });
+    }
+}
+
+/// `value` as serde_json writes a string.
+fn json_string(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+    if !plain(value) {
+        let escaped = serde_json::to_string(value).map_err(|_| fmt::Error)?;
+        return w.write_str(&escaped);
+    }
+    w.write_char('"')?;
+    w.write_str(value)?;
+    w.write_char('"')
+}
+
+/// Printable ASCII without quote or backslash: written as it is, in
+/// quotes, by both `Debug` and JSON.
+fn plain(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+/// `value` as `{:?}` writes it, without the per-character escaping when
+/// there is nothing to escape.
+fn quoted(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+    if !plain(value) {
+        return write!(w, "{value:?}");
+    }
+    w.write_char('"')?;
+    w.write_str(value)?;
+    w.write_char('"')
+}
+
+thread_local! {
+    /// The second last formatted on this thread, and its text up to the
+    /// fraction: `2026-12-04T02:29:27`.
+    static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `2026-12-04T02:29:27.559038Z`, as the general formatters write it.
+fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    SECOND.with_borrow_mut(|(second, text)| {
+        if *second != secs {
+            text.clear();
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| chrono::DateTime::from_timestamp(s, 0))
+                .unwrap_or_default();
+            write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                t.month(),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )?;
+            *second = secs;
+        }
+        w.write_str(text)
+    })?;
+    let mut digits = itoa::Buffer::new();
+    let micros = digits.format(since.subsec_micros());
+    w.write_char('.')?;
+    w.write_str(&"000000"[micros.len()..])?;
+    w.write_str(micros)?;
+    w.write_char('Z')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use tracing_subscriber::fmt::MakeWriter;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Captured {
+            self.clone()
+        }
+    }
+
+    /// The same events through this JSON format and the general one.
+    fn both_json(emit: impl Fn()) -> (String, String) {
+        let ours = Captured::default();
+        let general = Captured::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .event_format(Json::new())
+                    .with_writer(ours.clone()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(general.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
+        (text(ours), text(general))
+    }
+
+    /// A JSON line without its timestamp's value.
+    fn untimed_json(line: &str) -> String {
+        let (head, rest) = line.split_once("\"timestamp\":\"").unwrap();
+        let (_, tail) = rest.split_once('"').unwrap();
+        format!("{head}{tail}")
+    }
+
+    fn access_events() {
+        let ip: std::net::IpAddr = "203.0.113.9".parse().unwrap();
+        tracing::info!(
+            target: "billguard::access",
+            request_id = "4bf92f3577b34da6",
+            method = %hyper::Method::GET,
+            path = "/bills/2026",
+            status = 200_u16,
+            latency_us = 1234_u64,
+            user = "ada \"the\" admin\\",
+            client = %ip,
+        );
+        tracing::info!(target: "billguard::access", path = "/caf\u{e9}\n\u{1b}[31m", user = "-");
+    }
+
+    #[test]
+    fn a_json_access_line_reads_as_the_general_formatter_writes_it() {
+        let (raw, general) = both_json(access_events);
+        let ours: Vec<String> = raw.lines().map(untimed_json).collect();
+        let general: Vec<String> = general.lines().map(untimed_json).collect();
+        assert_eq!(ours, general);
+        assert_eq!(ours.len(), 2);
+        let line: serde_json::Value = serde_json::from_str(raw.lines().next().unwrap()).unwrap();
+        assert!(line["timestamp"].as_str().unwrap().ends_with('Z'));
+        assert_eq!(line["status"], 200);
+        assert_eq!(line["method"], "GET");
+        assert_eq!(line["target"], "billguard::access");
+    }
+
+    #[test]
+    fn other_json_lines_are_left_to_the_general_formatter() {
+        let (ours, general) = both_json(|| {
+            tracing::error!(target: "billguard::access", status = 502_u16, "odd");
+            let span = tracing::info_span!("request", id = "abc");
+            let _in = span.enter();
+            tracing::info!(target: "billguard::access", status = 200_u16);
+        });
+        let ours: Vec<String> = ours.lines().map(untimed_json).collect();
+        assert_eq!(ours, general.lines().map(untimed_json).collect::<Vec<_>>());
+        assert!(ours[1].contains("\"span\":{\"id\":\"abc\""), "{}", ours[1]);
+    }
+
+    /// The same events through this format and the general one.
+    fn both(emit: impl Fn()) -> (String, String) {
+        let ours = Captured::default();
+        let general = Captured::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .event_format(Text::new())
+                    .with_writer(ours.clone()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(general.clone()),
+            );
+        tracing::subscriber::with_default(subscriber, emit);
+        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
+        (text(ours), text(general))
+    }
+
+    /// A line without its timestamp (which the two layers take apart).
+    fn untimed(line: &str) -> &str {
+        line.split_once(' ').map_or(line, |(_, rest)| rest)
+    }
+
+    #[test]
+    fn an_access_line_reads_as_the_general_formatter_writes_it() {
+        let (ours, general) = both(access_events);
+        let ours: Vec<&str> = ours.lines().map(untimed).collect();
+        let general: Vec<&str> = general.lines().map(untimed).collect();
+        assert_eq!(ours, general);
+        assert_eq!(ours.len(), 2);
+        assert!(
+            ours[0]
+                .starts_with(" INFO billguard::access: request_id=\"4bf92f3577b34da6\" method=GET")
+        );
+    }
+
+    #[test]
+    fn other_lines_are_left_to_the_general_formatter() {
+        let (ours, general) = both(|| {
+            tracing::warn!(target: "billguard::access", status = 502_u16, "odd");
+            tracing::info!(target: "billguard::auth", outcome = "success", "Login");
+            let span = tracing::info_span!("request", id = "abc");
+            let _in = span.enter();
+            tracing::info!(target: "billguard::access", status = 200_u16);
+        });
+        assert_eq!(
+            ours.lines().map(untimed).collect::<Vec<_>>(),
+            general.lines().map(untimed).collect::<Vec<_>>()
+        );
+        assert!(ours.contains("request{id=\"abc\"}: billguard::access: status=200"));
+    }
+
+    #[test]
+    fn the_timestamp_has_microseconds_and_a_cached_second_that_moves_on() {
+        let mut out = String::new();
+        let t0 = UNIX_EPOCH + Duration::from_micros(1_764_815_367_000_042);
+        timestamp(&mut Writer::new(&mut out), t0).unwrap();
+        timestamp(
+            &mut Writer::new(&mut out),
+            t0 + Duration::from_micros(999_000),
+        )
+        .unwrap();
+        timestamp(&mut Writer::new(&mut out), t0 + Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            out,
+            "2025-12-04T02:29:27.000042Z2025-12-04T02:29:27.999042Z2025-12-04T02:29:28.000042Z"
+        );
+    }
+}
