@@ -14,22 +14,26 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
-use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
 
-use crate::errors::chain;
 use crate::request_id::{self, RequestId};
 use crate::{config, metrics, tls};
 
-const POOL_IDLE: Duration = Duration::from_secs(60);
-const POOL_MAX_IDLE: usize = 256;
+mod pool;
+
+use pool::Pool;
+
+/// The app's response body as billguard streams it to the client.
+pub type Body = pool::Body<Sent<Incoming>>;
 
 /// Put in a request's extensions by the server; an upgraded connection
 /// keeps it until it closes, so a shutdown waits for WebSockets too.
@@ -39,8 +43,7 @@ pub struct DrainGuard(pub tokio::sync::mpsc::Sender<()>);
 /// A handle to the app.
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Sent<Incoming>>,
-    scheme: hyper::http::uri::Scheme,
+    pool: Arc<Pool<Sent<Incoming>>>,
     authority: hyper::http::uri::Authority,
     timeout: Duration,
 }
@@ -73,23 +76,24 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(connector);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_max_idle_per_host(POOL_MAX_IDLE)
-            .build(connector);
         let scheme = if cfg.url.scheme() == "https" {
             hyper::http::uri::Scheme::HTTPS
         } else {
             hyper::http::uri::Scheme::HTTP
         };
+        let authority: hyper::http::uri::Authority = cfg
+            .authority
+            .parse()
+            .expect("the upstream authority was validated as host:port");
+        let target = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("a scheme and a validated authority make a URI");
         Upstream {
-            client,
-            scheme,
-            authority: cfg
-                .authority
-                .parse()
-                .expect("the upstream authority was validated as host:port"),
+            pool: Pool::new(connector, target),
+            authority,
             timeout: cfg.timeout,
         }
     }
@@ -101,17 +105,20 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         upgrade: Option<HeaderValue>,
-    ) -> Result<Response<Incoming>, Error> {
-        // The browser's path and query, shared rather than parsed and
-        // copied again, behind the app's scheme and authority.
-        let mut parts = req.uri().clone().into_parts();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
-        if parts.path_and_query.is_none() {
-            parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    ) -> Result<Response<Body>, Error> {
+        // The browser's path and query in origin form, shared rather than
+        // parsed and copied again.
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
+        if !req.headers().contains_key(header::HOST) {
+            let host = HeaderValue::from_str(self.authority.as_str())
+                .map_err(|_| Error::Target(self.authority.to_string()))?;
+            req.headers_mut().insert(header::HOST, host);
         }
-        let uri = Uri::from_parts(parts).map_err(|_| Error::Target(req.uri().to_string()))?;
-        *req.uri_mut() = uri;
         // The app speaks HTTP/1.1 whatever the browser spoke.
         *req.version_mut() = Version::HTTP_11;
 
@@ -124,32 +131,20 @@ impl Upstream {
         let (done, body_sent) = oneshot::channel();
         let req = req.map(|body| Sent::new(body, done));
         let started = std::time::Instant::now();
-        let response = self.client.request(req);
+        let response = self.pool.send(req);
         // The app cannot be expected to answer before it has the request.
         let deadline = async {
             let _ = body_sent.await;
             tokio::time::sleep(self.timeout).await;
         };
         let sent = tokio::select! {
-            res = response => Ok(res),
-            () = deadline => Err(()),
+            res = response => Some(res),
+            () = deadline => None,
         };
         metrics::upstream_latency(started.elapsed());
         let mut res = match sent {
-            Ok(Ok(res)) => res,
-            Ok(Err(e)) if e.is_connect() => {
-                return Err(Error::Connect {
-                    authority: self.authority.to_string(),
-                    reason: chain(&e),
-                });
-            }
-            Ok(Err(e)) => {
-                return Err(Error::Request {
-                    authority: self.authority.to_string(),
-                    reason: chain(&e),
-                });
-            }
-            Err(_) => {
+            Some(res) => res?,
+            None => {
                 return Err(Error::Timeout {
                     authority: self.authority.to_string(),
                     timeout: self.timeout,

@@ -12,7 +12,6 @@ use std::borrow::Cow;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 use serde_json::json;
@@ -22,7 +21,7 @@ use crate::identity::Refusal;
 use crate::pages;
 
 /// Every response body billguard sends: the app's, streamed, or its own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<crate::forward::Body, Full<Bytes>>;
 
 /// A request that could not be served, as the user will see it.
 #[derive(Debug)]
