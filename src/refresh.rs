@@ -147,7 +147,9 @@ impl Refresher {
                 tokio::spawn(async move { this.flight(id).await });
                 Outcome::Current(session)
             }
-            Due::Now => self.flight(id).await,
+            // Boxed: the refresh (a token request) is rare, and inline it
+            // would make every request's future as large.
+            Due::Now => Box::pin(self.flight(id)).await,
         }
     }
 

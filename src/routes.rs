@@ -291,7 +291,7 @@ async fn authenticate(
         }
     }
     let Some(verifier) = app.bearer.as_ref().filter(|b| b.enabled()) else {
-        return Err(unauthenticated(app, req, navigation).await);
+        return Err(Box::pin(unauthenticated(app, req, navigation)).await);
     };
     let token = match bearer::credential(req.headers()) {
         Credential::None => None,
@@ -299,11 +299,11 @@ async fn authenticate(
         Credential::Malformed => Some(Err(bearer::Rejection::Invalid("malformed"))),
     };
     let Some(token) = token else {
-        return Err(unauthenticated(app, req, navigation).await);
+        return Err(Box::pin(unauthenticated(app, req, navigation)).await);
     };
     let checked = match token {
-        Ok(token) => verifier
-            .verify(token, &app.policy)
+        // Boxed, as the other cold paths: see `route`.
+        Ok(token) => Box::pin(verifier.verify(token, &app.policy))
             .await
             .map(|caller| Caller::Bearer(caller, token.to_owned())),
         Err(rejection) => Err(rejection),

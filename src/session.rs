@@ -237,7 +237,9 @@ impl Store {
     pub async fn load(&self, id: &SessionId) -> Result<Option<Arc<Session>>, Error> {
         let found = match &self.inner.backend {
             Backend::Memory(m) => m.load(id).await,
-            Backend::Redis(r) => r.load(id, false).await?,
+            // Boxed so that the Redis client's future does not enlarge the
+            // request's when sessions are in memory.
+            Backend::Redis(r) => Box::pin(r.load(id, false)).await?,
         };
         Ok(found.filter(|s| s.expires > SystemTime::now()))
     }
