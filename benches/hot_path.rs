@@ -74,10 +74,7 @@ fn header_rewrite(c: &mut Criterion) {
     let cfg = config();
     let rewriter = Rewriter::new(cfg.headers.clone());
     let identity = IdentityValues::new(&identity(7));
-    let peer = Peer {
-        ip: "127.0.0.1".parse().expect("an IP address"),
-        proto: "http",
-    };
+    let peer = Peer::new("127.0.0.1".parse().expect("an IP address"), "http");
     let request = browser_headers("theme=dark; __Host-billguard_session=abc; lang=en");
 
     c.bench_function("headers/upstream_request", |b| {

@@ -73,6 +73,63 @@ pub struct Peer {
     pub ip: IpAddr,
     /// `https` when billguard's listener terminated TLS.
     pub proto: &'static str,
+    /// The address as text (an IPv4-mapped IPv6 address as IPv4), written
+    /// once per connection instead of for every request's
+    /// `X-Forwarded-For` and log line.
+    text: IpText,
+}
+
+/// An IP address's text without a heap allocation, so `Peer` stays `Copy`.
+#[derive(Clone, Copy)]
+struct IpText {
+    buf: [u8; IP_TEXT_MAX],
+    len: u8,
+}
+
+/// The longest IPv6 text (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`).
+const IP_TEXT_MAX: usize = 45;
+
+impl std::fmt::Debug for IpText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl IpText {
+    fn new(ip: IpAddr) -> Self {
+        use std::io::Write as _;
+        let mut text = IpText {
+            buf: [0; IP_TEXT_MAX],
+            len: 0,
+        };
+        let mut rest = &mut text.buf[..];
+        // Always fits: no address is longer than IP_TEXT_MAX.
+        let _ = write!(rest, "{ip}");
+        let left = rest.len();
+        text.len = u8::try_from(IP_TEXT_MAX - left).unwrap_or(0);
+        text
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("-")
+    }
+}
+
+// === impl Peer ===
+
+impl Peer {
+    pub fn new(ip: IpAddr, proto: &'static str) -> Self {
+        Peer {
+            ip,
+            proto,
+            text: IpText::new(canonical(ip)),
+        }
+    }
+
+    /// The client's address as text, IPv4-mapped addresses as IPv4.
+    pub fn ip_text(&self) -> &str {
+        self.text.as_str()
+    }
 }
 
 // === impl Rewriter ===
@@ -143,8 +200,8 @@ impl Rewriter {
             .trusted_proxies
             .iter()
             .any(|net| net.contains(&ip));
-        let peer_ip = HeaderValue::from_maybe_shared(Bytes::from(ip.to_string()))
-            .expect("an IP address is a valid header value");
+        let peer_ip =
+            HeaderValue::from_str(peer.ip_text()).expect("an IP address is a valid header value");
 
         if trusted {
             // Append the proxy that talked to us to the chain it sent.
@@ -395,10 +452,16 @@ mod tests {
     }
 
     fn peer(ip: &str) -> Peer {
-        Peer {
-            ip: ip.parse().unwrap(),
-            proto: "http",
-        }
+        Peer::new(ip.parse().unwrap(), "http")
+    }
+
+    #[test]
+    fn a_peers_address_text_is_written_once_and_mapped_addresses_read_as_ipv4() {
+        assert_eq!(peer("203.0.113.9").ip_text(), "203.0.113.9");
+        assert_eq!(peer("::ffff:10.0.0.1").ip_text(), "10.0.0.1");
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff";
+        assert_eq!(peer(longest).ip_text(), longest);
+        assert_eq!(peer("2001:db8::1").ip_text(), "2001:db8::1");
     }
 
     fn alice() -> Identity {

@@ -87,7 +87,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Re
         status = res.status().as_u16(),
         latency_us = started.elapsed().as_micros() as u64,
         user = caller.as_ref().map(|c| c.identity().user.as_str()).unwrap_or("-"),
-        client = %peer.ip,
+        client = %peer.ip_text(),
     );
     res
 }

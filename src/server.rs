@@ -376,10 +376,7 @@ async fn connection(
     alive: mpsc::Sender<()>,
 ) {
     let Some(acceptor) = &serving.tls else {
-        let peer = Peer {
-            ip: remote.ip(),
-            proto: "http",
-        };
+        let peer = Peer::new(remote.ip(), "http");
         return serve_http1(serving, TokioIo::new(stream), peer, remote, stop, alive).await;
     };
 
@@ -395,10 +392,7 @@ async fn connection(
                 return;
             }
         };
-    let peer = Peer {
-        ip: remote.ip(),
-        proto: "https",
-    };
+    let peer = Peer::new(remote.ip(), "https");
     let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
     let io = TokioIo::new(stream);
     if h2 {
