@@ -79,11 +79,7 @@ where
         writer.write_str("  INFO ")?;
         writer.write_str(ACCESS_TARGET)?;
         writer.write_str(": ")?;
-        let mut fields = Fields {
-            writer: &mut writer,
-            first: true,
-            result: Ok(()),
-        };
+        let mut fields = Fields::new(&mut writer, Style::Text);
         event.record(&mut fields);
         fields.result?;
         writer.write_char('\n')
@@ -107,10 +103,7 @@ where
         writer.write_str("{\"timestamp\":\"")?;
         timestamp(&mut writer, SystemTime::now())?;
         writer.write_str("\",\"level\":\"INFO\"")?;
-        let mut fields = JsonFields {
-            writer: &mut writer,
-            result: Ok(()),
-        };
+        let mut fields = Fields::new(&mut writer, Style::Json);
         event.record(&mut fields);
         fields.result?;
         writer.write_str(",\"target\":\"")?;
@@ -119,106 +112,94 @@ where
     }
 }
 
-/// `name=value` pairs as the general formatter writes them: strings
-/// quoted and escaped as `Debug` does, numbers plain, anything else
-/// through its `Debug` (which for a `%` field is its `Display`).
+/// How a line's fields are written.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Style {
+    /// `name=value` pairs as the text formatter writes them: strings
+    /// quoted and escaped as `Debug` does, anything else through its
+    /// `Debug` (which for a `%` field is its `Display`).
+    Text,
+    /// `,"name":value` entries as the JSON formatter writes them (they
+    /// follow `"level"`): strings escaped as serde_json does, anything
+    /// else as the string its `Debug` gives.
+    Json,
+}
+
+/// An event's fields, numbers and booleans plain in both styles.
 struct Fields<'a, 'w> {
     writer: &'a mut Writer<'w>,
+    style: Style,
     first: bool,
     result: fmt::Result,
 }
 
-impl Fields<'_, '_> {
-    fn name(&mut self, field: &Field) -> fmt::Result {
-        if !std::mem::take(&mut self.first) {
-            self.writer.write_char(' ')?;
+impl<'a, 'w> Fields<'a, 'w> {
+    fn new(writer: &'a mut Writer<'w>, style: Style) -> Self {
+        Fields {
+            writer,
+            style,
+            first: true,
+            result: Ok(()),
         }
-        let name = field.name();
-        self.writer
-            .write_str(name.strip_prefix("r#").unwrap_or(name))?;
-        self.writer.write_char('=')
     }
 
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
+    fn name(&mut self, field: &Field) -> fmt::Result {
+        let name = field.name();
+        let name = name.strip_prefix("r#").unwrap_or(name);
+        match self.style {
+            Style::Text => {
+                if !std::mem::take(&mut self.first) {
+                    self.writer.write_char(' ')?;
+                }
+                self.writer.write_str(name)?;
+                self.writer.write_char('=')
+            }
+            Style::Json => {
+                self.writer.write_char(',')?;
+                json_string(self.writer, name)?;
+                self.writer.write_char(':')
+            }
+        }
+    }
+
+    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>, Style) -> fmt::Result) {
         if self.result.is_ok() {
-            self.result = self.name(field).and_then(|()| value(self.writer));
+            let style = self.style;
+            self.result = self.name(field).and_then(|()| value(self.writer, style));
         }
     }
 }
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w| quoted(w, value));
+        self.put(field, |w, style| match style {
+            Style::Text => quoted(w, value),
+            Style::Json => json_string(w, value),
+        });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.put(field, |w, _| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w| w.write_str(itoa::Buffer::new().format(value)));
+        self.put(field, |w, _| w.write_str(itoa::Buffer::new().format(value)));
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w| w.write_str(if value { "true" } else { "false" }));
+        self.put(field, |w, _| {
+            w.write_str(if value { "true" } else { "false" })
+        });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, |w| write!(w, "{value:?}"));
-    }
-}
-
-/// `,"name":value` entries as the JSON formatter writes them: strings
-/// escaped as serde_json does, numbers plain, anything else as the string
-/// its `Debug` gives.
-struct JsonFields<'a, 'w> {
-    writer: &'a mut Writer<'w>,
-    result: fmt::Result,
-}
-
-impl JsonFields<'_, '_> {
-    /// One entry; entries follow `"level"`, so each starts with a comma.
-    fn entry(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>) -> fmt::Result) {
-        if self.result.is_ok() {
-            self.result = self.write(field, value);
-        }
-    }
-
-    fn write(
-        &mut self,
-        field: &Field,
-        value: impl FnOnce(&mut Writer<'_>) -> fmt::Result,
-    ) -> fmt::Result {
-        let name = field.name();
-        self.writer.write_char(',')?;
-        json_string(self.writer, name.strip_prefix("r#").unwrap_or(name))?;
-        self.writer.write_char(':')?;
-        value(self.writer)
-    }
-}
-
-impl Visit for JsonFields<'_, '_> {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.entry(field, |w| json_string(w, value));
-    }
-
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        self.entry(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        self.entry(field, |w| w.write_str(itoa::Buffer::new().format(value)));
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.entry(field, |w| w.write_str(if value { "true" } else { "false" }));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.entry(field, |w| {
-            let mut text = String::new();
-            write!(text, "{value:?}")?;
-            json_string(w, &text)
+        self.put(field, |w, style| match style {
+            Style::Text => write!(w, "{value:?}"),
+            Style::Json => {
+                let mut text = String::new();
+                write!(text, "{value:?}")?;
+                json_string(w, &text)
+            }
         });
     }
 }
