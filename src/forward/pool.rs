@@ -138,12 +138,11 @@ where
             sender,
             pool: self.clone(),
         });
-        let mut body = Body { inner: None, back };
         let (parts, inner) = res.into_parts();
-        if inner.is_end_stream() {
+        let mut body = Body { inner, back };
+        if body.inner.is_end_stream() {
             body.release();
         }
-        body.inner = Some(inner);
         Response::from_parts(parts, body)
     }
 
@@ -205,7 +204,7 @@ struct Back<B> {
 /// The app's response body, streamed as it arrives.
 #[derive(Debug)]
 pub struct Body<B> {
-    inner: Option<Incoming>,
+    inner: Incoming,
     back: Option<Back<B>>,
 }
 
@@ -237,13 +236,10 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let Some(inner) = self.inner.as_mut() else {
-            return Poll::Ready(None);
-        };
-        let polled = Pin::new(&mut *inner).poll_frame(cx);
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(None) => self.release(),
-            Poll::Ready(Some(Ok(_))) if inner.is_end_stream() => self.release(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.release(),
             // A broken body leaves a connection nobody can trust.
             Poll::Ready(Some(Err(_))) => self.back = None,
             _ => {}
@@ -252,13 +248,11 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Incoming::is_end_stream)
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner
-            .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Incoming::size_hint)
+        self.inner.size_hint()
     }
 }
 

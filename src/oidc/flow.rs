@@ -184,15 +184,12 @@ impl Provider {
             groups: extra.get(&cfg.groups_claim).cloned(),
         };
 
-        // Providers that keep claims out of the ID token serve them at
-        // userinfo (OIDC Core §5.3); its `sub` must be the same user.
-        let incomplete = claims.email.is_none()
-            || claims.groups.is_none()
-            || claims.preferred_username.is_none();
-        if incomplete && let Some(url) = &found.userinfo {
-            self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
-                .await?;
-        }
+        self.fill_gaps(
+            found.userinfo.as_ref(),
+            response.access_token().secret(),
+            &mut claims,
+        )
+        .await?;
         Ok(Completed {
             claims,
             id_token: raw,
@@ -285,13 +282,12 @@ impl Provider {
             claims.groups = extra.get(&self.config().groups_claim).cloned();
             raw = Some(text);
         }
-        let incomplete = claims.email.is_none()
-            || claims.groups.is_none()
-            || claims.preferred_username.is_none();
-        if incomplete && let Some(url) = &found.userinfo {
-            self.complete_from_userinfo(url, response.access_token().secret(), &mut claims)
-                .await?;
-        }
+        self.fill_gaps(
+            found.userinfo.as_ref(),
+            response.access_token().secret(),
+            &mut claims,
+        )
+        .await?;
         Ok(Refreshed {
             claims,
             id_token: raw,
@@ -378,6 +374,24 @@ impl Provider {
                 Ok(())
             }
         })
+    }
+
+    /// Providers that keep claims out of the ID token serve them at
+    /// userinfo (OIDC Core §5.3): asked only when a claim is missing, and
+    /// its `sub` must be the same user.
+    async fn fill_gaps(
+        &self,
+        userinfo: Option<&Url>,
+        access_token: &str,
+        claims: &mut Claims,
+    ) -> Result<(), Error> {
+        let incomplete = claims.email.is_none()
+            || claims.groups.is_none()
+            || claims.preferred_username.is_none();
+        match userinfo {
+            Some(url) if incomplete => self.complete_from_userinfo(url, access_token, claims).await,
+            _ => Ok(()),
+        }
     }
 
     async fn complete_from_userinfo(

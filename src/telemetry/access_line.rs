@@ -21,50 +21,41 @@ use tracing_subscriber::registry::LookupSpan;
 
 use super::ACCESS_TARGET;
 
-/// The text format: access lines written here, the rest by `general`.
-pub(super) struct Text {
-    general: format::Format<format::Full, Clock>,
+/// A log format: access lines written here in `style`, every other line
+/// by `general`.
+pub(super) struct Access<F> {
+    general: F,
+    style: Style,
 }
+
+/// The text format.
+pub(super) type Text = Access<format::Format<format::Full, Clock>>;
+/// The JSON format, fields flattened into the object.
+pub(super) type Json = Access<format::Format<format::Json, Clock>>;
 
 impl Text {
     pub(super) fn new() -> Self {
-        Text {
+        Access {
             general: format::Format::default(),
+            style: Style::Text,
         }
     }
-}
-
-/// The JSON format (fields flattened into the object): access lines
-/// written here, the rest by `general`.
-pub(super) struct Json {
-    general: format::Format<format::Json, Clock>,
 }
 
 impl Json {
     pub(super) fn new() -> Self {
-        Json {
+        Access {
             general: format::Format::default().json().flatten_event(true),
+            style: Style::Json,
         }
     }
 }
 
-/// Whether this event is an access-log line this module writes.
-fn direct<S, N>(ctx: &FmtContext<'_, S, N>, writer: &Writer<'_>, event: &Event<'_>) -> bool
+impl<S, N, F> FormatEvent<S, N> for Access<F>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'a> FormatFields<'a> + 'static,
-{
-    let meta = event.metadata();
-    !writer.has_ansi_escapes()
-        && *meta.level() == Level::INFO
-        && meta.target() == ACCESS_TARGET
-        && ctx.event_scope().is_none()
-}
-
-impl<S, N> FormatEvent<S, N> for Text
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
 {
     fn format_event(
         &self,
@@ -72,43 +63,39 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        if !direct(ctx, &writer, event) {
+        let meta = event.metadata();
+        let direct = !writer.has_ansi_escapes()
+            && *meta.level() == Level::INFO
+            && meta.target() == ACCESS_TARGET
+            && ctx.event_scope().is_none();
+        if !direct {
             return self.general.format_event(ctx, writer, event);
         }
-        timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str("  INFO ")?;
-        writer.write_str(ACCESS_TARGET)?;
-        writer.write_str(": ")?;
-        let mut fields = Fields::new(&mut writer, Style::Text);
-        event.record(&mut fields);
-        fields.result?;
-        writer.write_char('\n')
-    }
-}
-
-impl<S, N> FormatEvent<S, N> for Json
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        if !direct(ctx, &writer, event) {
-            return self.general.format_event(ctx, writer, event);
+        let now = SystemTime::now();
+        match self.style {
+            Style::Text => {
+                timestamp(&mut writer, now)?;
+                writer.write_str("  INFO ")?;
+                writer.write_str(ACCESS_TARGET)?;
+                writer.write_str(": ")?;
+            }
+            Style::Json => {
+                writer.write_str("{\"timestamp\":\"")?;
+                timestamp(&mut writer, now)?;
+                writer.write_str("\",\"level\":\"INFO\"")?;
+            }
         }
-        writer.write_str("{\"timestamp\":\"")?;
-        timestamp(&mut writer, SystemTime::now())?;
-        writer.write_str("\",\"level\":\"INFO\"")?;
-        let mut fields = Fields::new(&mut writer, Style::Json);
+        let mut fields = Fields::new(&mut writer, self.style);
         event.record(&mut fields);
         fields.result?;
-        writer.write_str(",\"target\":\"")?;
-        writer.write_str(ACCESS_TARGET)?;
-        writer.write_str("\"}\n")
+        match self.style {
+            Style::Text => writer.write_char('\n'),
+            Style::Json => {
+                writer.write_str(",\"target\":\"")?;
+                writer.write_str(ACCESS_TARGET)?;
+                writer.write_str("\"}\n")
+            }
+        }
     }
 }
 

@@ -39,8 +39,14 @@ struct Lines {
 impl Lines {
     /// Takes one formatted line. A line that may wait is kept (and the
     /// buffer written once it is full); any other is written after what
-    /// is kept.
-    fn push(&mut self, line: &[u8], may_wait: bool, out: &mut impl Write) -> io::Result<()> {
+    /// is kept. `out` is asked for only when something is written, so
+    /// keeping a line takes no lock.
+    fn push<O: Write>(
+        &mut self,
+        line: &[u8],
+        may_wait: bool,
+        out: impl FnOnce() -> O,
+    ) -> io::Result<()> {
         if may_wait {
             self.buf.extend_from_slice(line);
             if self.buf.len() >= FLUSH_AT {
@@ -49,18 +55,18 @@ impl Lines {
             return Ok(());
         }
         if self.buf.is_empty() {
-            return out.write_all(line);
+            return out().write_all(line);
         }
         self.buf.extend_from_slice(line);
         self.flush(out)
     }
 
     /// Writes everything kept, in one call when the output takes it.
-    fn flush(&mut self, out: &mut impl Write) -> io::Result<()> {
+    fn flush<O: Write>(&mut self, out: impl FnOnce() -> O) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let written = out.write_all(&self.buf);
+        let written = out().write_all(&self.buf);
         // Written or not, the lines are not offered twice: a log that
         // cannot be written must not grow without bound.
         self.buf.clear();
@@ -76,7 +82,7 @@ impl Lines {
 pub fn worker_idle() {
     PENDING.with_borrow_mut(|pending| {
         let lines = pending.get_or_insert_with(Lines::default);
-        let _ = lines.flush(&mut io::stderr().lock());
+        let _ = lines.flush(|| io::stderr().lock());
     });
 }
 
@@ -85,7 +91,7 @@ pub fn worker_idle() {
 pub fn flush_thread() {
     PENDING.with_borrow_mut(|pending| {
         if let Some(lines) = pending {
-            let _ = lines.flush(&mut io::stderr().lock());
+            let _ = lines.flush(|| io::stderr().lock());
         }
     });
 }
@@ -120,7 +126,7 @@ fn may_wait(level: Level, target: &str) -> bool {
 impl Write for Line {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         PENDING.with_borrow_mut(|pending| match pending {
-            Some(lines) => lines.push(line, self.may_wait, &mut io::stderr().lock()),
+            Some(lines) => lines.push(line, self.may_wait, || io::stderr().lock()),
             None => io::stderr().write_all(line),
         })?;
         Ok(line.len())
@@ -163,23 +169,23 @@ mod tests {
     #[test]
     fn access_lines_wait_and_go_out_together() {
         let (mut lines, mut out) = (Lines::default(), Calls::default());
-        lines.push(b"a1\n", true, &mut out).unwrap();
-        lines.push(b"a2\n", true, &mut out).unwrap();
+        lines.push(b"a1\n", true, || &mut out).unwrap();
+        lines.push(b"a2\n", true, || &mut out).unwrap();
         assert!(out.0.is_empty());
-        lines.flush(&mut out).unwrap();
+        lines.flush(|| &mut out).unwrap();
         assert_eq!(out.0, vec![b"a1\na2\n".to_vec()]);
         assert!(lines.buf.is_empty());
-        lines.flush(&mut out).unwrap();
+        lines.flush(|| &mut out).unwrap();
         assert_eq!(out.0.len(), 1, "nothing kept, nothing written");
     }
 
     #[test]
     fn another_line_goes_out_at_once_after_the_waiting_ones() {
         let (mut lines, mut out) = (Lines::default(), Calls::default());
-        lines.push(b"warn\n", false, &mut out).unwrap();
+        lines.push(b"warn\n", false, || &mut out).unwrap();
         assert_eq!(out.0, vec![b"warn\n".to_vec()]);
-        lines.push(b"a1\n", true, &mut out).unwrap();
-        lines.push(b"error\n", false, &mut out).unwrap();
+        lines.push(b"a1\n", true, || &mut out).unwrap();
+        lines.push(b"error\n", false, || &mut out).unwrap();
         assert_eq!(out.0[1], b"a1\nerror\n".to_vec());
         assert!(lines.buf.is_empty());
     }
@@ -190,7 +196,7 @@ mod tests {
         let line = vec![b'x'; 1000];
         let mut pushed = 0;
         while out.0.is_empty() {
-            lines.push(&line, true, &mut out).unwrap();
+            lines.push(&line, true, || &mut out).unwrap();
             pushed += line.len();
         }
         assert!(pushed >= FLUSH_AT && pushed < FLUSH_AT + line.len());
@@ -201,8 +207,8 @@ mod tests {
     #[test]
     fn a_failed_write_drops_the_lines_instead_of_keeping_them() {
         let mut lines = Lines::default();
-        lines.push(b"a1\n", true, &mut Broken).unwrap();
-        assert!(lines.flush(&mut Broken).is_err());
+        lines.push(b"a1\n", true, || Broken).unwrap();
+        assert!(lines.flush(|| Broken).is_err());
         assert!(lines.buf.is_empty());
     }
 

@@ -10,7 +10,6 @@
 //! Transport failures panic with the URL, since in a test they are the failure.
 
 use std::collections::BTreeMap;
-use std::error::Error as _;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -260,7 +259,7 @@ impl Browser {
         let target = parse_url(url);
         match self.send(method.clone(), target, headers, body).await {
             Ok(resp) => resp,
-            Err(error) => panic!("{method} {url}: {}", chain(&error)),
+            Err(error) => panic!("{method} {url}: {}", billguard::errors::chain(&error)),
         }
     }
 
@@ -433,18 +432,6 @@ impl Stored {
 
 fn parse_url(url: &str) -> Url {
     Url::parse(url).unwrap_or_else(|e| panic!("{url:?} is not an absolute URL: {e}"))
-}
-
-/// An error and its causes on one line; reqwest's own message alone says little.
-fn chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Parses an HTTP date such as `Wed, 21 Oct 2015 07:28:00 GMT` (RFC 9110 §5.6.7), also in the
