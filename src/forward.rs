@@ -92,7 +92,7 @@ impl Upstream {
             .build()
             .expect("a scheme and a validated authority make a URI");
         Upstream {
-            pool: Pool::new(connector, target),
+            pool: Pool::new(connector, target, crate::server::serving_threads()),
             authority,
             timeout: cfg.timeout,
         }

@@ -8,8 +8,13 @@
 //! bounds every connection, idle or slow. Over TLS the handshake has its
 //! own timeout, and ALPN says which protocol follows.
 //!
-//! Limits: `limits.max_connections` connections are served at once (the
-//! rest wait in the kernel's accept queue), each request head must arrive
+//! Connections are served by one single-threaded runtime per core, each
+//! accepting on the same socket (see `workers`); the main runtime keeps
+//! the signals, reloads and background work.
+//!
+//! Limits: `limits.max_connections` connections are served at once, by
+//! all serving threads together (the rest wait in the kernel's accept
+//! queue), each request head must arrive
 //! within `limits.header_read_timeout` and fit in `limits.max_header_bytes`.
 //!
 //! Shutdown, on SIGTERM: readiness fails at once, requests are still served
@@ -43,6 +48,10 @@ use crate::health::Draining;
 use crate::oidc;
 use crate::{bypass, metrics, routes, tls};
 
+mod workers;
+
+pub(crate) use workers::{count as serving_threads, index as serving_thread};
+
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(5);
 const H2_MAX_STREAMS: u32 = 250;
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
@@ -59,6 +68,8 @@ pub enum Error {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("start the serving threads: {source}")]
+    Threads { source: std::io::Error },
     #[error(transparent)]
     Client(#[from] oidc::reqwest_error::BuildError),
     #[error(transparent)]
@@ -243,6 +254,9 @@ fn launch(
     background.push(tokio::spawn(bypass::watch(config.upstream.url.clone())));
 
     let serving = Arc::new(Serving::new(live.clone(), &config, tls));
+    let (open, opened) = watch::channel(false);
+    let mut workers = workers::start(serving, listener, workers::count(), opened, stopped)
+        .map_err(|source| Error::Threads { source })?;
     let (closing, closed) = oneshot::channel();
     let task = tokio::spawn({
         let sessions = sessions.clone();
@@ -250,7 +264,10 @@ fn launch(
             // Restored before the first request is accepted; connections
             // wait in the listen backlog meanwhile.
             sessions.restore().await;
-            accept_loop(serving, listener, stopped, closing).await;
+            open.send_replace(true);
+            workers.closed().await;
+            let _ = closing.send(());
+            workers.finished().await;
             for task in background {
                 task.abort();
             }
@@ -310,9 +327,12 @@ impl Serving {
     }
 }
 
+/// One serving thread's accept loop: serves what it accepts until told to
+/// stop, then drains its own connections.
 async fn accept_loop(
     serving: Arc<Serving>,
     listener: TcpListener,
+    permits: Arc<Semaphore>,
     mut stopped: watch::Receiver<bool>,
     closing: oneshot::Sender<()>,
 ) {
@@ -320,7 +340,6 @@ async fn accept_loop(
     // when all are dropped, the receiver sees the channel close and the
     // drain is complete.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
-    let permits = Arc::new(Semaphore::new(serving.max_connections));
 
     loop {
         // At the limit, stop accepting: new clients wait in the backlog.

@@ -14,8 +14,12 @@
 //! (Node.js does after 5 s) costs no failed request. A request that was
 //! sent is never sent twice.
 //!
-//! Each request costs a lock held for a push or a pop, and nothing is
-//! spawned per request: the connection's own task is the only one.
+//! Each serving thread keeps its own idle connections (see
+//! `server::workers`): a connection is opened, driven and reused on one
+//! thread, so its wake-ups never cross to another core, and the lock
+//! around a thread's list is never contended. Each request costs that
+//! lock held for a push or a pop, and nothing is spawned per request: the
+//! connection's own task is the only one.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -32,10 +36,11 @@ use tower_service::Service as _;
 
 use super::Error;
 use crate::errors::chain;
+use crate::server::serving_thread;
 
 /// An idle connection older than this is closed.
 pub(super) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// At most this many idle connections are kept.
+/// At most this many idle connections are kept per serving thread.
 pub(super) const MAX_IDLE: usize = 256;
 /// A connection's read buffer grows to this for large responses and no
 /// further: a few more reads per large body, instead of every connection
@@ -48,8 +53,8 @@ pub(super) struct Pool<B> {
     connector: HttpsConnector<HttpConnector>,
     /// Where the connector connects (scheme and authority).
     target: Uri,
-    /// Oldest first.
-    idle: Mutex<VecDeque<Idle<B>>>,
+    /// Per serving thread (index 0 for any other thread), oldest first.
+    idle: Box<[Mutex<VecDeque<Idle<B>>>]>,
 }
 
 #[derive(Debug)]
@@ -66,12 +71,23 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    pub(super) fn new(connector: HttpsConnector<HttpConnector>, target: Uri) -> Arc<Self> {
+    /// A pool for `threads` serving threads.
+    pub(super) fn new(
+        connector: HttpsConnector<HttpConnector>,
+        target: Uri,
+        threads: usize,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             connector,
             target,
-            idle: Mutex::new(VecDeque::new()),
+            idle: (0..=threads).map(|_| Mutex::default()).collect(),
         })
+    }
+
+    /// This thread's idle connections.
+    fn idle(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle<B>>> {
+        let list = &self.idle[serving_thread() % self.idle.len()];
+        list.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled connection or
@@ -147,7 +163,7 @@ where
     }
 
     fn take(&self) -> Option<SendRequest<B>> {
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle();
         while idle
             .front()
             .is_some_and(|oldest| oldest.since.elapsed() > IDLE_TIMEOUT)
@@ -161,7 +177,7 @@ where
         if sender.is_closed() {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut idle = self.idle();
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
         }
@@ -174,10 +190,7 @@ where
     /// Idle connections kept now.
     #[cfg(test)]
     fn idle_count(&self) -> usize {
-        self.idle
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.idle().len()
     }
 
     fn authority(&self) -> String {
@@ -307,7 +320,7 @@ mod tests {
             .https_or_http()
             .enable_http1()
             .wrap_connector(HttpConnector::new());
-        Pool::new(connector, target.clone())
+        Pool::new(connector, target.clone(), 1)
     }
 
     /// A request in origin form with `Host`, as `forward` builds it.

@@ -295,6 +295,48 @@ async fn a_slow_or_silent_client_is_cut_off_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn connections_over_the_limit_wait_until_one_closes() {
+    // One connection for all serving threads together.
+    let stack = Stack::with(StackOptions {
+        extra_toml: "[limits]\nmax_connections = 1\n".into(),
+        ..StackOptions::default()
+    })
+    .await;
+    let addr = stack.proxy.addr();
+    let request = b"GET /_billguard/health HTTP/1.1\r\nHost: x\r\n\r\n";
+
+    let mut first = TcpStream::connect(addr).await.unwrap();
+    first.write_all(request).await.unwrap();
+    assert!(status_line(&mut first).await.starts_with("HTTP/1.1 200"));
+
+    // The kernel completes the second handshake, but nobody reads it while
+    // the first connection stays open.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second.write_all(request).await.unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(500), status_line(&mut second)).await;
+    assert!(early.is_err(), "served over the limit: {early:?}");
+
+    drop(first);
+    let answer = tokio::time::timeout(process::DEADLINE, status_line(&mut second))
+        .await
+        .expect("the waiting connection is served once the first closes");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// The first line of the response that `stream` receives.
+async fn status_line(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") {
+        match stream.read(&mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+#[tokio::test]
 async fn an_oversized_request_head_is_refused() {
     let stack = Stack::with(StackOptions {
         extra_toml: "[limits]\nmax_header_bytes = 16384\n".into(),
