@@ -346,20 +346,29 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests and responses carry none: one pass over the names is
-    // cheaper than nine removals that each hash and probe the map.
-    let present = headers
-        .keys()
-        .any(|name| HOP_BY_HOP.contains(name) || name == KEEP_ALIVE || name == PROXY_CONNECTION);
-    if !present {
+    // One pass over the names notes which are present: most messages carry
+    // none, or only `Connection: keep-alive` (every response from nginx),
+    // and then cost no removal or one, instead of nine that each hash and
+    // probe the map.
+    let mut present = 0u16;
+    for name in headers.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
+    // The headers that `Connection` names. `keep-alive`, the usual one,
+    // is removed below when present, like the rest of the fixed list.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
     for name in listed {
         // `Host` is end-to-end; a client listing it must not make the app
@@ -368,11 +377,24 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP
+        .iter()
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION])
+        .enumerate()
+    {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
-    headers.remove(KEEP_ALIVE);
-    headers.remove(PROXY_CONNECTION);
+}
+
+/// Where `name` is in `HOP_BY_HOP` followed by `Keep-Alive` and
+/// `Proxy-Connection`.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    HOP_BY_HOP
+        .iter()
+        .chain([&KEEP_ALIVE, &PROXY_CONNECTION])
+        .position(|h| h == name)
 }
 
 /// True for a cookie name billguard itself sets.
@@ -570,6 +592,25 @@ mod tests {
         );
         rewriter(&[]).upstream_request(&mut h, peer("10.0.0.1"), None, None);
         assert!(h.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_goes_with_those_connection_names() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Hop"),
+        );
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE, &PROXY_CONNECTION]) {
+            h.append(name.clone(), HeaderValue::from_static("x"));
+        }
+        h.insert("x-hop", HeaderValue::from_static("1"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert("x-app", HeaderValue::from_static("1"));
+        rewriter(&[]).downstream_response(&mut h, None);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-app"]);
     }
 
     #[test]

@@ -33,7 +33,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::exponential_buckets;
 use prometheus_client::registry::Registry;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::Context;
@@ -54,11 +54,27 @@ pub enum RouteKind {
     Owned,
 }
 
+mod latency;
+
+use latency::Latency;
+
+impl RouteKind {
+    fn label(self) -> &'static str {
+        match self {
+            RouteKind::Proxied => "proxied",
+            RouteKind::Owned => "owned",
+        }
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    upstream_latency: Histogram,
+    /// The counters of `billguard_requests_total`, by kind and then class (1xx to 5xx),
+    /// made up front: counting a response is then one atomic addition,
+    /// without the family's lock and hash lookup.
+    by_kind_class: [[Counter; 5]; 2],
+    upstream_latency: Latency,
     logins: Family<LoginLabels, Counter>,
     /// Distinct login label pairs seen, for the bound.
     login_series: AtomicUsize,
@@ -106,21 +122,12 @@ pub fn get() -> &'static Metrics {
 
 /// Counts one response.
 pub fn request(kind: RouteKind, status: StatusCode) {
-    get()
-        .requests
-        .get_or_create(&RequestLabels {
-            kind: match kind {
-                RouteKind::Proxied => "proxied",
-                RouteKind::Owned => "owned",
-            },
-            class: status_class(status),
-        })
-        .inc();
+    get().request(kind, status);
 }
 
 /// Records how long the app took to send response headers.
 pub fn upstream_latency(elapsed: Duration) {
-    get().upstream_latency.observe(elapsed.as_secs_f64());
+    get().upstream_latency.observe(elapsed);
 }
 
 /// Counts one login event; [`AuthEvents`] calls this for every event on
@@ -179,6 +186,14 @@ pub fn render() -> String {
 // === impl Metrics ===
 
 impl Metrics {
+    fn request(&self, kind: RouteKind, status: StatusCode) {
+        let kind = match kind {
+            RouteKind::Proxied => 0,
+            RouteKind::Owned => 1,
+        };
+        self.by_kind_class[kind][class_index(status)].inc();
+    }
+
     fn new() -> Self {
         let mut registry = Registry::with_prefix("billguard");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -188,7 +203,7 @@ impl Metrics {
             requests.clone(),
         );
         // 5 ms to about 41 s.
-        let upstream_latency = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        let upstream_latency = Latency::new(exponential_buckets(0.005, 2.0, 14));
         registry.register(
             "upstream_response_seconds",
             "Time until the app sent response headers",
@@ -245,9 +260,20 @@ impl Metrics {
             .set(1);
         registry.register("build_info", "The running version", build);
 
+        let by_kind_class = [RouteKind::Proxied, RouteKind::Owned].map(|kind| {
+            CLASSES.map(|class| {
+                requests
+                    .get_or_create(&RequestLabels {
+                        kind: kind.label(),
+                        class,
+                    })
+                    .clone()
+            })
+        });
+
         Metrics {
             registry,
-            requests,
+            by_kind_class,
             upstream_latency,
             logins,
             login_series: AtomicUsize::new(0),
@@ -327,14 +353,13 @@ impl Visit for AuthFields {
     }
 }
 
-fn status_class(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
-    }
+/// The `class` label values, in the order of [`class_index`].
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Where `status` is counted in [`CLASSES`]; a code past 599 counts as
+/// 5xx.
+fn class_index(status: StatusCode) -> usize {
+    (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1
 }
 
 /// A label value made of `[a-z0-9_]`, at most 40 characters; anything else
@@ -355,17 +380,39 @@ mod tests {
     #[test]
     fn requests_are_counted_by_kind_and_class() {
         let metrics = Metrics::new();
-        let labels = RequestLabels {
-            kind: "proxied",
-            class: status_class(StatusCode::BAD_GATEWAY),
-        };
-        metrics.requests.get_or_create(&labels).inc();
+        metrics.request(RouteKind::Proxied, StatusCode::BAD_GATEWAY);
+        metrics.request(RouteKind::Proxied, StatusCode::from_u16(999).unwrap());
+        metrics.request(RouteKind::Owned, StatusCode::SWITCHING_PROTOCOLS);
+        metrics.request(RouteKind::Owned, StatusCode::FOUND);
         let text = metrics.render();
-        assert!(
-            text.contains(r#"billguard_requests_total{kind="proxied",class="5xx"} 1"#),
-            "{text}"
-        );
-        assert!(text.contains(r#"billguard_build_info{version=""#), "{text}");
+        for line in [
+            r#"billguard_requests_total{kind="proxied",class="5xx"} 2"#,
+            r#"billguard_requests_total{kind="proxied",class="2xx"} 0"#,
+            r#"billguard_requests_total{kind="owned",class="1xx"} 1"#,
+            r#"billguard_requests_total{kind="owned",class="3xx"} 1"#,
+            r#"billguard_build_info{version=""#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn upstream_latency_is_a_cumulative_histogram_in_seconds() {
+        let metrics = Metrics::new();
+        for ms in [1, 7, 7, 60_000] {
+            metrics.upstream_latency.observe(Duration::from_millis(ms));
+        }
+        let text = metrics.render();
+        for line in [
+            r#"billguard_upstream_response_seconds_bucket{le="0.005"} 1"#,
+            r#"billguard_upstream_response_seconds_bucket{le="0.01"} 3"#,
+            r#"billguard_upstream_response_seconds_bucket{le="40.96"} 3"#,
+            r#"billguard_upstream_response_seconds_bucket{le="+Inf"} 4"#,
+            "billguard_upstream_response_seconds_count 4",
+            "billguard_upstream_response_seconds_sum 60.015",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! Each session is kept in its stored form (the compact record also written
 //! to Redis, unsealed: it never leaves the process) in one allocation, and
-//! decoded on lookup. Decoding a few hundred bytes costs about a
-//! microsecond; keeping the decoded form would cost a dozen small
-//! allocations per session, which is most of what a session weighs (see
-//! the memory figures in the README).
+//! decoded on lookup. Keeping the decoded form of every session would cost
+//! a dozen small allocations per session, which is most of what a session
+//! weighs (see the memory figures in the README). Instead each thread
+//! keeps the sessions it decoded lately (see [`Recent`]), so the browser
+//! that sends many requests in a row pays for one decoding, not one per
+//! request.
 //!
 //! Bounded by `session.max_sessions` with least-recently-used eviction
 //! (moka's LRU policy, so a new login is never refused by an admission
@@ -16,6 +18,7 @@
 //! session walks the cache: it is rare (admin action, back-channel logout)
 //! and keeps the per-session cost free of index entries.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -55,7 +58,7 @@ impl Memory {
 
     pub(super) async fn load(&self, id: &SessionId) -> Option<Arc<Session>> {
         let stored = self.cache.get(id).await?;
-        Some(Arc::new(decode(&stored)?))
+        Recent::decoded(id, stored)
     }
 
     pub(super) async fn save(&self, id: SessionId, session: &Session) {
@@ -114,6 +117,41 @@ impl Memory {
 
 fn decode(stored: &[u8]) -> Option<Session> {
     Record::from_bytes(stored).map(Record::into_session)
+}
+
+/// The sessions this thread decoded lately, each beside the stored bytes
+/// it was decoded from: a slot per first byte of the session id (ids are
+/// random), [`Recent::SLOTS`] slots per thread.
+///
+/// A decoded session is used again only while the cache still holds the
+/// very allocation it came from. A session that was replaced (refreshed,
+/// re-saved) has new bytes; one that was removed is not found in the cache
+/// to begin with. So this never serves anything the cache would not.
+struct Recent([Option<(Arc<[u8]>, Arc<Session>)>; Recent::SLOTS]);
+
+thread_local! {
+    static RECENT: RefCell<Recent> = const { RefCell::new(Recent([const { None }; Recent::SLOTS])) };
+}
+
+// === impl Recent ===
+
+impl Recent {
+    const SLOTS: usize = 64;
+
+    /// `stored`, the cache's entry for `id`, decoded.
+    fn decoded(id: &SessionId, stored: Arc<[u8]>) -> Option<Arc<Session>> {
+        let slot = usize::from(id.0[0]) % Self::SLOTS;
+        RECENT.with_borrow_mut(|recent| {
+            if let Some((bytes, session)) = &recent.0[slot]
+                && Arc::ptr_eq(bytes, &stored)
+            {
+                return Some(session.clone());
+            }
+            let session = Arc::new(decode(&stored)?);
+            recent.0[slot] = Some((stored, session.clone()));
+            Some(session)
+        })
+    }
 }
 
 /// Keeps a seen token id until the instant stored with it.

@@ -102,3 +102,25 @@ fn session_cookie_is_host_prefixed_http_only_lax_and_secure() {
         assert!(v.contains(attr), "{v} lacks {attr}");
     }
 }
+
+#[tokio::test]
+async fn requests_in_a_row_share_one_decoding_and_see_a_replacement_at_once() {
+    let s = store(Duration::from_secs(60), Duration::from_secs(60));
+    let id = s.create(who(), None).await;
+    let h = cookie_headers(&format!("__Host-billguard_session={id}"));
+    let (_, first) = s.lookup(&h).await.expect("session");
+    let (_, again) = s.lookup(&h).await.expect("session");
+    assert!(
+        Arc::ptr_eq(&first, &again),
+        "decoded again for the same bytes"
+    );
+
+    let mut changed = (*first).clone();
+    changed.identity.user = "bob".into();
+    s.replace(&id, changed).await.expect("replaced");
+    let (_, after) = s.lookup(&h).await.expect("session");
+    assert_eq!(after.identity.user, "bob");
+
+    s.remove(&id).await;
+    assert!(s.lookup(&h).await.is_none());
+}
