@@ -36,12 +36,7 @@ pub struct FilterError {
 
 /// Installs the global subscriber. Call once, first thing.
 pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
-    let filter = EnvFilter::builder()
-        .parse(directive)
-        .map_err(|e| FilterError {
-            directive: directive.to_owned(),
-            reason: e.to_string(),
-        })?;
+    let filter = parse_filter(directive)?;
     let output = match format {
         // Colours only for a person at a terminal: a log file or collector
         // gets plain text, and skipping the escape codes is much of the
@@ -63,10 +58,132 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
     let logins = metrics::AuthEvents.with_filter(
         filter::Targets::new().with_target(metrics::AUTH_TARGET, tracing::Level::TRACE),
     );
+    let output = match filter {
+        Filter::Static(targets) => output.with_filter(targets).boxed(),
+        Filter::Dynamic(env) => output.with_filter(env).boxed(),
+    };
     // A second init (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
-        .with(output.with_filter(filter))
+        .with(output)
         .with(logins)
         .try_init();
     Ok(())
+}
+
+/// A parsed `--log` directive.
+enum Filter {
+    /// Levels by target only, the usual case: decided from each line's
+    /// target and level alone, with nothing to track per span.
+    Static(filter::Targets),
+    /// With span or field conditions (`[request{id=...}]=debug`): the
+    /// env-filter follows every span in and out, under a lock shared by
+    /// all threads, so it is used only when the directive needs it.
+    Dynamic(EnvFilter),
+}
+
+fn parse_filter(directive: &str) -> Result<Filter, FilterError> {
+    // The env-filter's grammar is the contract and its errors the ones
+    // reported; the cheaper filter takes over what it can express alike.
+    let env = EnvFilter::builder()
+        .parse(directive)
+        .map_err(|e| FilterError {
+            directive: directive.to_owned(),
+            reason: e.to_string(),
+        })?;
+    let plain = !directive.trim().is_empty() && !directive.contains(['[', '{', ' ']);
+    match directive.parse::<filter::Targets>() {
+        Ok(targets) if plain => Ok(Filter::Static(targets)),
+        _ => Ok(Filter::Dynamic(env)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::layer::{Context, Layer, SubscriberExt as _};
+
+    use super::*;
+
+    /// The (target, level) pairs a filter lets through, of a fixed set.
+    fn passed<F>(filter: F) -> Vec<String>
+    where
+        F: tracing_subscriber::layer::Filter<tracing_subscriber::Registry> + Send + Sync + 'static,
+    {
+        struct Record(Arc<Mutex<Vec<String>>>);
+        impl<S: tracing::Subscriber> Layer<S> for Record {
+            fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+                let m = event.metadata();
+                let line = format!("{} {}", m.target(), m.level());
+                self.0.lock().unwrap().push(line);
+            }
+        }
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let subscriber =
+            tracing_subscriber::registry().with(Record(seen.clone()).with_filter(filter));
+        tracing::subscriber::with_default(subscriber, || {
+            macro_rules! each_level {
+                ($target:literal) => {
+                    tracing::trace!(target: $target, "x");
+                    tracing::debug!(target: $target, "x");
+                    tracing::info!(target: $target, "x");
+                    tracing::warn!(target: $target, "x");
+                    tracing::error!(target: $target, "x");
+                };
+            }
+            each_level!("billguard::access");
+            each_level!("billguard::auth");
+            each_level!("billguard::server");
+            each_level!("hyper::proto::h1");
+            each_level!("other");
+        });
+        seen.lock().unwrap().clone()
+    }
+
+    #[test]
+    fn a_target_level_directive_filters_alike_through_either_filter() {
+        for directive in [
+            "info",
+            "WARN",
+            "info,billguard::access=warn",
+            "debug,hyper=off",
+            "billguard=trace",
+            "billguard::auth",
+            "error,billguard=info,billguard::server=debug",
+            "off",
+        ] {
+            let Ok(Filter::Static(targets)) = parse_filter(directive) else {
+                panic!("{directive}: not taken as a static directive");
+            };
+            let env = EnvFilter::builder().parse(directive).unwrap();
+            assert_eq!(passed(targets), passed(env), "{directive}");
+        }
+        let Ok(Filter::Static(info)) = parse_filter("info,billguard::access=warn") else {
+            unreachable!("checked above");
+        };
+        let passed = passed(info);
+        assert!(
+            passed.contains(&"billguard::server INFO".to_owned()),
+            "{passed:?}"
+        );
+        assert!(
+            !passed.contains(&"billguard::server DEBUG".to_owned()),
+            "{passed:?}"
+        );
+        assert!(
+            !passed.contains(&"billguard::access INFO".to_owned()),
+            "{passed:?}"
+        );
+    }
+
+    #[test]
+    fn span_and_field_conditions_keep_the_env_filter() {
+        for directive in ["info,[request]=debug", "billguard[request{id=1}]=trace"] {
+            assert!(
+                matches!(parse_filter(directive), Ok(Filter::Dynamic(_))),
+                "{directive}"
+            );
+        }
+        assert!(parse_filter("info,billguard=loud").is_err());
+    }
 }
