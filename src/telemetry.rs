@@ -59,8 +59,8 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
         filter::Targets::new().with_target(metrics::AUTH_TARGET, tracing::Level::TRACE),
     );
     let output = match filter {
-        Filter::Static(targets) => output.with_filter(targets).boxed(),
-        Filter::Dynamic(env) => output.with_filter(env).boxed(),
+        Filter::Static(targets) => output.with_filter(*targets).boxed(),
+        Filter::Dynamic(env) => output.with_filter(*env).boxed(),
     };
     // A second init (tests) keeps the first subscriber.
     let _ = tracing_subscriber::registry()
@@ -74,11 +74,11 @@ pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
 enum Filter {
     /// Levels by target only, the usual case: decided from each line's
     /// target and level alone, with nothing to track per span.
-    Static(filter::Targets),
+    Static(Box<filter::Targets>),
     /// With span or field conditions (`[request{id=...}]=debug`): the
     /// env-filter follows every span in and out, under a lock shared by
     /// all threads, so it is used only when the directive needs it.
-    Dynamic(EnvFilter),
+    Dynamic(Box<EnvFilter>),
 }
 
 fn parse_filter(directive: &str) -> Result<Filter, FilterError> {
@@ -92,8 +92,8 @@ fn parse_filter(directive: &str) -> Result<Filter, FilterError> {
         })?;
     let plain = !directive.trim().is_empty() && !directive.contains(['[', '{', ' ']);
     match directive.parse::<filter::Targets>() {
-        Ok(targets) if plain => Ok(Filter::Static(targets)),
-        _ => Ok(Filter::Dynamic(env)),
+        Ok(targets) if plain => Ok(Filter::Static(Box::new(targets))),
+        _ => Ok(Filter::Dynamic(Box::new(env))),
     }
 }
 
@@ -156,12 +156,12 @@ mod tests {
                 panic!("{directive}: not taken as a static directive");
             };
             let env = EnvFilter::builder().parse(directive).unwrap();
-            assert_eq!(passed(targets), passed(env), "{directive}");
+            assert_eq!(passed(*targets), passed(env), "{directive}");
         }
         let Ok(Filter::Static(info)) = parse_filter("info,billguard::access=warn") else {
             unreachable!("checked above");
         };
-        let passed = passed(info);
+        let passed = passed(*info);
         assert!(
             passed.contains(&"billguard::server INFO".to_owned()),
             "{passed:?}"

@@ -127,7 +127,10 @@ fn decode(stored: &[u8]) -> Option<Session> {
 /// very allocation it came from. A session that was replaced (refreshed,
 /// re-saved) has new bytes; one that was removed is not found in the cache
 /// to begin with. So this never serves anything the cache would not.
-struct Recent([Option<(Arc<[u8]>, Arc<Session>)>; Recent::SLOTS]);
+struct Recent([Option<Decoded>; Recent::SLOTS]);
+
+/// A stored record and the session decoded from it.
+type Decoded = (Arc<[u8]>, Arc<Session>);
 
 thread_local! {
     static RECENT: RefCell<Recent> = const { RefCell::new(Recent([const { None }; Recent::SLOTS])) };
