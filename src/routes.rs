@@ -39,7 +39,6 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
-use tracing::Instrument as _;
 
 use crate::admin;
 use crate::app::App;
@@ -56,6 +55,7 @@ use crate::policy::{self, Access, Normalized};
 use crate::request_id::{self, RequestId};
 use crate::respond::{self, Body, Failure};
 use crate::session::Session;
+use crate::telemetry;
 
 const OWN_PREFIX: &str = "/_billguard/";
 
@@ -74,8 +74,7 @@ pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Re
         metrics::RouteKind::Proxied
     };
 
-    let span = tracing::info_span!("request", id = %id);
-    let (mut res, caller) = route(&app, req, peer).instrument(span).await;
+    let (mut res, caller) = telemetry::in_request(&id, route(&app, req, peer)).await;
     metrics::request(kind, res.status());
     res.headers_mut().insert(request_id::HEADER, id.0.clone());
 

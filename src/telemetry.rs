@@ -5,13 +5,16 @@
 //! Targets callers use: `billguard::access` (one line per request) and
 //! `billguard::auth` (one line per login outcome). What to log is the
 //! callers' business; this module only sets up where it goes (standard
-//! error, access-log lines batched per runtime worker: see `batch`), and
-//! hands `billguard::auth` events to the login counters in `metrics`.
+//! error, access-log lines batched per runtime worker: see `batch`), marks
+//! the lines of each request with its id (see `context`), and hands
+//! `billguard::auth` events to the login counters in `metrics`.
 
 mod access_line;
 mod batch;
+mod context;
 
 pub use batch::{flush_thread, worker_idle};
+pub use context::in_request;
 
 /// The request log's target.
 const ACCESS_TARGET: &str = "billguard::access";
@@ -37,13 +40,15 @@ pub struct FilterError {
 /// Installs the global subscriber. Call once, first thing.
 pub fn init(format: LogFormat, directive: &str) -> Result<(), FilterError> {
     let filter = parse_filter(directive)?;
+    let colours = matches!(format, LogFormat::Text) && std::io::stderr().is_terminal();
+    context::use_real_spans(colours);
     let output = match format {
         // Colours only for a person at a terminal: a log file or collector
         // gets plain text, and skipping the escape codes is much of the
         // cost of an access-log line.
         LogFormat::Text => fmt::layer()
             .event_format(access_line::Text::new())
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(colours)
             .with_writer(batch::Stderr)
             .boxed(),
         LogFormat::Json => fmt::layer()

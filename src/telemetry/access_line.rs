@@ -4,9 +4,13 @@
 //! spend more instructions on it than the rest of a proxied request's own
 //! work: styles that are never printed, the timestamp taken apart for
 //! every line, every field through `Debug` or a JSON value. This writes
-//! the same bytes directly. Every other line, access lines inside a span,
-//! and access lines while colours are on, go through the general
-//! formatter.
+//! the same bytes directly.
+//!
+//! A line logged while a request is handled (see `context`) gets the
+//! request's id written as the general formatter writes a `request{id=…}`
+//! span; its fields are still the general formatter's. Every other line,
+//! lines inside a span, and every line while colours are on, go through
+//! the general formatter.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -19,7 +23,7 @@ use tracing_subscriber::fmt::format::{self, FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, time::SystemTime as Clock};
 use tracing_subscriber::registry::LookupSpan;
 
-use super::ACCESS_TARGET;
+use super::{ACCESS_TARGET, context};
 
 /// A log format: access lines written here in `style`, every other line
 /// by `general`.
@@ -64,10 +68,14 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let meta = event.metadata();
-        let direct = !writer.has_ansi_escapes()
-            && *meta.level() == Level::INFO
-            && meta.target() == ACCESS_TARGET
-            && ctx.event_scope().is_none();
+        let plain = !writer.has_ansi_escapes() && ctx.event_scope().is_none();
+        if plain
+            && let Some(written) =
+                context::current(|id| self.in_request(ctx, &mut writer, event, id))
+        {
+            return written;
+        }
+        let direct = plain && *meta.level() == Level::INFO && meta.target() == ACCESS_TARGET;
         if !direct {
             return self.general.format_event(ctx, writer, event);
         }
@@ -97,6 +105,57 @@ where
             }
         }
     }
+}
+
+impl<F> Access<F> {
+    /// A line logged while the request `id` is handled, as the general
+    /// formatter writes it inside a `request{id=…}` span.
+    fn in_request<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: &mut Writer<'_>,
+        event: &Event<'_>,
+        id: &str,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        F: FormatEvent<S, N>,
+    {
+        let meta = event.metadata();
+        match self.style {
+            Style::Text => {
+                timestamp(writer, SystemTime::now())?;
+                write!(writer, " {:>5} request{{id={id}}}: ", meta.level().as_str())?;
+                writer.write_str(meta.target())?;
+                writer.write_str(": ")?;
+                ctx.format_fields(writer.by_ref(), event)?;
+                writer.write_char('\n')
+            }
+            Style::Json => {
+                // The general line, which ends `}` and a newline, with the
+                // span entries the general formatter would add before its
+                // end.
+                let mut line = String::new();
+                self.general
+                    .format_event(ctx, Writer::new(&mut line), event)?;
+                let head = line.strip_suffix("}\n").ok_or(fmt::Error)?;
+                writer.write_str(head)?;
+                writer.write_str(",\"span\":")?;
+                json_span(writer, id)?;
+                writer.write_str(",\"spans\":[")?;
+                json_span(writer, id)?;
+                writer.write_str("]}\n")
+            }
+        }
+    }
+}
+
+/// The request span as the JSON formatter writes it.
+fn json_span(writer: &mut Writer<'_>, id: &str) -> fmt::Result {
+    writer.write_str("{\"id\":")?;
+    json_string(writer, id)?;
+    writer.write_str(",\"name\":\"request\"}")
 }
 
 /// How a line's fields are written.
@@ -415,6 +474,117 @@ mod tests {
             general.lines().map(untimed).collect::<Vec<_>>()
         );
         assert!(ours.contains("request{id=\"abc\"}: billguard::access: status=200"));
+    }
+
+    const REQUEST: &str = "req-7:f00d/b@r";
+
+    /// Lines of every kind logged while a request is handled.
+    fn request_events() {
+        tracing::info!(target: "billguard::auth", outcome = "success", user = %"olivia", "Login succeeded");
+        let refused = std::io::Error::other("connection \"refused\"");
+        tracing::warn!(error = %refused, attempt = 2_u64, retry = false, "Upstream unreachable");
+        tracing::error!(ratio = 0.5_f64, delta = -3_i64, "odd");
+        tracing::debug!(path = ?"/a b", "debug line");
+        tracing::info!(target: "billguard::access", status = 200_u16);
+    }
+
+    /// `request_events` through this format with the request in the task's
+    /// context, and through the general one inside a `request` span.
+    fn in_request(
+        format: impl Fn(Captured) -> Box<dyn tracing::Subscriber + Send + Sync>,
+        general: impl Fn(Captured) -> Box<dyn tracing::Subscriber + Send + Sync>,
+    ) -> (String, String) {
+        let (a, b) = (Captured::default(), Captured::default());
+        tracing::subscriber::with_default(format(a.clone()), || {
+            context::sync_in_request(REQUEST, request_events);
+        });
+        tracing::subscriber::with_default(general(b.clone()), || {
+            let span = tracing::info_span!("request", id = %REQUEST);
+            span.in_scope(request_events);
+        });
+        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
+        (text(a), text(b))
+    }
+
+    #[test]
+    fn a_line_of_a_request_reads_as_inside_the_request_span() {
+        let (ours, general) = in_request(
+            |w| {
+                Box::new(
+                    tracing_subscriber::registry().with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(false)
+                            .event_format(Text::new())
+                            .with_writer(w),
+                    ),
+                )
+            },
+            |w| {
+                Box::new(
+                    tracing_subscriber::registry().with(
+                        tracing_subscriber::fmt::layer()
+                            .with_ansi(false)
+                            .with_writer(w),
+                    ),
+                )
+            },
+        );
+        let ours: Vec<&str> = ours.lines().map(untimed).collect();
+        assert_eq!(ours, general.lines().map(untimed).collect::<Vec<_>>());
+        assert_eq!(ours.len(), 5);
+        assert!(
+            ours[0]
+                .starts_with(" INFO request{id=req-7:f00d/b@r}: billguard::auth: Login succeeded"),
+            "{}",
+            ours[0]
+        );
+    }
+
+    #[test]
+    fn a_json_line_of_a_request_reads_as_inside_the_request_span() {
+        let (ours, general) = in_request(
+            |w| {
+                Box::new(
+                    tracing_subscriber::registry().with(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .flatten_event(true)
+                            .event_format(Json::new())
+                            .with_writer(w),
+                    ),
+                )
+            },
+            |w| {
+                Box::new(
+                    tracing_subscriber::registry().with(
+                        tracing_subscriber::fmt::layer()
+                            .json()
+                            .flatten_event(true)
+                            .with_writer(w),
+                    ),
+                )
+            },
+        );
+        let raw = ours.lines().nth(1).unwrap().to_owned();
+        let ours: Vec<String> = ours.lines().map(untimed_json).collect();
+        assert_eq!(ours, general.lines().map(untimed_json).collect::<Vec<_>>());
+        assert_eq!(ours.len(), 5);
+        let line: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(line["span"]["id"], REQUEST);
+        assert_eq!(line["spans"][0]["name"], "request");
+    }
+
+    #[test]
+    fn lines_outside_a_request_carry_no_request_id() {
+        let (ours, general) = both(|| {
+            context::sync_in_request(REQUEST, || {});
+            tracing::info!(target: "billguard::auth", outcome = "success", "Login");
+        });
+        assert_eq!(
+            ours.lines().map(untimed).collect::<Vec<_>>(),
+            general.lines().map(untimed).collect::<Vec<_>>()
+        );
+        assert!(!ours.contains("request{"), "{ours}");
     }
 
     #[test]
