@@ -27,13 +27,16 @@ pub(super) fn use_real_spans(on: bool) {
 }
 
 /// Runs `fut` as the request `id`: the lines it logs carry the id.
-pub async fn in_request<F: Future>(id: &RequestId, fut: F) -> F::Output {
-    if REAL_SPANS.load(Ordering::Relaxed) {
-        fut.instrument(tracing::info_span!("request", id = %id))
-            .await
+///
+/// One wrapper type either way (a disabled span costs a branch per poll),
+/// so the request's future is stored once, not once per kind of wrapper.
+pub fn in_request<F: Future>(id: &RequestId, fut: F) -> impl Future<Output = F::Output> {
+    let span = if REAL_SPANS.load(Ordering::Relaxed) {
+        tracing::info_span!("request", id = %id)
     } else {
-        REQUEST.scope(id.clone(), fut).await
-    }
+        tracing::Span::none()
+    };
+    REQUEST.scope(id.clone(), fut.instrument(span))
 }
 
 /// `f` of the id of the request this task is handling, if it is handling
