@@ -349,27 +349,42 @@ mod tests {
         }
     }
 
+    type Boxed = Box<dyn Subscriber + Send + Sync>;
+
+    fn text_ours(w: Captured) -> Boxed {
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false);
+        Box::new(
+            tracing_subscriber::registry().with(layer.event_format(Text::new()).with_writer(w)),
+        )
+    }
+
+    fn text_general(w: Captured) -> Boxed {
+        let layer = tracing_subscriber::fmt::layer().with_ansi(false);
+        Box::new(tracing_subscriber::registry().with(layer.with_writer(w)))
+    }
+
+    fn json_ours(w: Captured) -> Boxed {
+        let layer = tracing_subscriber::fmt::layer().json().flatten_event(true);
+        Box::new(
+            tracing_subscriber::registry().with(layer.event_format(Json::new()).with_writer(w)),
+        )
+    }
+
+    fn json_general(w: Captured) -> Boxed {
+        let layer = tracing_subscriber::fmt::layer().json().flatten_event(true);
+        Box::new(tracing_subscriber::registry().with(layer.with_writer(w)))
+    }
+
+    /// What `emit` logs through the subscriber `make` builds.
+    fn through(make: fn(Captured) -> Boxed, emit: impl FnOnce()) -> String {
+        let out = Captured::default();
+        tracing::subscriber::with_default(make(out.clone()), emit);
+        String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
+    }
+
     /// The same events through this JSON format and the general one.
     fn both_json(emit: impl Fn()) -> (String, String) {
-        let ours = Captured::default();
-        let general = Captured::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .event_format(Json::new())
-                    .with_writer(ours.clone()),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(general.clone()),
-            );
-        tracing::subscriber::with_default(subscriber, emit);
-        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(general))
+        (through(json_ours, &emit), through(json_general, &emit))
     }
 
     /// A JSON line without its timestamp's value.
@@ -423,23 +438,7 @@ mod tests {
 
     /// The same events through this format and the general one.
     fn both(emit: impl Fn()) -> (String, String) {
-        let ours = Captured::default();
-        let general = Captured::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .event_format(Text::new())
-                    .with_writer(ours.clone()),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_ansi(false)
-                    .with_writer(general.clone()),
-            );
-        tracing::subscriber::with_default(subscriber, emit);
-        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
-        (text(ours), text(general))
+        (through(text_ours, &emit), through(text_general, &emit))
     }
 
     /// A line without its timestamp (which the two layers take apart).
@@ -488,47 +487,17 @@ mod tests {
         tracing::info!(target: "billguard::access", status = 200_u16);
     }
 
-    /// `request_events` through this format with the request in the task's
-    /// context, and through the general one inside a `request` span.
-    fn in_request(
-        format: impl Fn(Captured) -> Box<dyn tracing::Subscriber + Send + Sync>,
-        general: impl Fn(Captured) -> Box<dyn tracing::Subscriber + Send + Sync>,
-    ) -> (String, String) {
-        let (a, b) = (Captured::default(), Captured::default());
-        tracing::subscriber::with_default(format(a.clone()), || {
-            context::sync_in_request(REQUEST, request_events);
-        });
-        tracing::subscriber::with_default(general(b.clone()), || {
-            let span = tracing::info_span!("request", id = %REQUEST);
-            span.in_scope(request_events);
-        });
-        let text = |c: Captured| String::from_utf8(c.0.lock().unwrap().clone()).unwrap();
-        (text(a), text(b))
+    /// `request_events` through `ours` with the request in the task's
+    /// context, and through `general` inside a `request` span.
+    fn in_request(ours: fn(Captured) -> Boxed, general: fn(Captured) -> Boxed) -> (String, String) {
+        let in_context = || context::sync_in_request(REQUEST, request_events);
+        let in_span = || tracing::info_span!("request", id = %REQUEST).in_scope(request_events);
+        (through(ours, in_context), through(general, in_span))
     }
 
     #[test]
     fn a_line_of_a_request_reads_as_inside_the_request_span() {
-        let (ours, general) = in_request(
-            |w| {
-                Box::new(
-                    tracing_subscriber::registry().with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(false)
-                            .event_format(Text::new())
-                            .with_writer(w),
-                    ),
-                )
-            },
-            |w| {
-                Box::new(
-                    tracing_subscriber::registry().with(
-                        tracing_subscriber::fmt::layer()
-                            .with_ansi(false)
-                            .with_writer(w),
-                    ),
-                )
-            },
-        );
+        let (ours, general) = in_request(text_ours, text_general);
         let ours: Vec<&str> = ours.lines().map(untimed).collect();
         assert_eq!(ours, general.lines().map(untimed).collect::<Vec<_>>());
         assert_eq!(ours.len(), 5);
@@ -542,29 +511,7 @@ mod tests {
 
     #[test]
     fn a_json_line_of_a_request_reads_as_inside_the_request_span() {
-        let (ours, general) = in_request(
-            |w| {
-                Box::new(
-                    tracing_subscriber::registry().with(
-                        tracing_subscriber::fmt::layer()
-                            .json()
-                            .flatten_event(true)
-                            .event_format(Json::new())
-                            .with_writer(w),
-                    ),
-                )
-            },
-            |w| {
-                Box::new(
-                    tracing_subscriber::registry().with(
-                        tracing_subscriber::fmt::layer()
-                            .json()
-                            .flatten_event(true)
-                            .with_writer(w),
-                    ),
-                )
-            },
-        );
+        let (ours, general) = in_request(json_ours, json_general);
         let raw = ours.lines().nth(1).unwrap().to_owned();
         let ours: Vec<String> = ours.lines().map(untimed_json).collect();
         assert_eq!(ours, general.lines().map(untimed_json).collect::<Vec<_>>());
