@@ -36,7 +36,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -327,12 +327,14 @@ impl Serving {
     }
 }
 
-/// One serving thread's accept loop: serves what it accepts until told to
-/// stop, then drains its own connections.
+/// One serving thread's accept loop: serves what it accepts, or hands it
+/// to a thread with fewer connections, and what other threads hand it,
+/// until told to stop; then drains its own connections.
 async fn accept_loop(
     serving: Arc<Serving>,
     listener: TcpListener,
     permits: Arc<Semaphore>,
+    mut balance: workers::Balance,
     mut stopped: watch::Receiver<bool>,
     closing: oneshot::Sender<()>,
 ) {
@@ -342,34 +344,52 @@ async fn accept_loop(
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
 
     loop {
-        // At the limit, stop accepting: new clients wait in the backlog.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            _ = until_stopped(&mut stopped) => break,
-        };
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(error) => {
+        let (stream, remote, permit, counted) = tokio::select! {
+            accepted = accept(&listener, &permits) => match accepted {
+                Some(Ok((stream, remote, permit))) => match balance.place() {
+                    Ok(counted) => (stream, remote, permit, counted),
+                    Err((thread, counted)) => {
+                        let handoff = match stream.into_std() {
+                            Ok(stream) => workers::Handoff { stream, remote, permit, counted },
+                            Err(error) => {
+                                tracing::debug!(%error, client = %remote, "Connection lost before it was handed on");
+                                continue;
+                            }
+                        };
+                        // That thread stopped accepting: serve it here.
+                        let Err(back) = balance.hand(thread, handoff) else {
+                            continue;
+                        };
+                        match TcpStream::from_std(back.stream) {
+                            Ok(stream) => (stream, back.remote, back.permit, back.counted),
+                            Err(_) => continue,
+                        }
+                    }
+                },
+                Some(Err(error)) => {
                     // Usually out of file descriptors: back off briefly
                     // instead of spinning.
                     tracing::warn!(%error, "Accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+                None => break,
+            },
+            Some(handed) = balance.handed() => match TcpStream::from_std(handed.stream) {
+                Ok(stream) => (stream, handed.remote, handed.permit, handed.counted),
+                Err(error) => {
+                    tracing::debug!(%error, client = %handed.remote, "Handed connection could not be registered");
+                    continue;
+                }
             },
             _ = until_stopped(&mut stopped) => break,
         };
-        let _ = stream.set_nodelay(true);
 
         let serving = serving.clone();
         let stop = stopped.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _held = (permit, counted);
             let _open = metrics::connection();
             connection(&serving, stream, remote, stop, alive).await;
         });
@@ -384,6 +404,20 @@ async fn accept_loop(
             tracing::warn!(grace = ?serving.grace, "Grace period over; closing remaining connections");
         }
     }
+}
+
+/// The next connection, once `limits.max_connections` has room for it (at
+/// the limit, new clients wait in the backlog). `None` when the limit is
+/// gone (never while serving).
+async fn accept(
+    listener: &TcpListener,
+    permits: &Arc<Semaphore>,
+) -> Option<std::io::Result<(TcpStream, SocketAddr, OwnedSemaphorePermit)>> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    Some(listener.accept().await.map(|(stream, remote)| {
+        let _ = stream.set_nodelay(true);
+        (stream, remote, permit)
+    }))
 }
 
 /// Serves one downstream connection to its end.

@@ -10,8 +10,13 @@
 //! larger one.
 //!
 //! The kernel wakes every thread waiting on the socket when a client
-//! connects, and the first to call `accept` gets it, so a thread that is
-//! busy serving takes fewer new connections than an idle one.
+//! connects, and the first to call `accept` gets it. In a burst (a load
+//! balancer or a browser opening many connections at once) one thread
+//! would take most of them, and with keep-alive it would serve them for
+//! their whole life while another core idles. So a thread that accepts a
+//! connection while it serves more than another serving thread hands the
+//! connection to the thread with the fewest ([`Balance`]); the connection
+//! counts are kept even.
 //!
 //! The process's main runtime keeps everything that is not a connection:
 //! signals, configuration reloads, the provider's discovery, the metrics
@@ -19,11 +24,13 @@
 
 use std::cell::Cell;
 use std::io;
+use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::{Serving, accept_loop};
 use crate::telemetry;
@@ -47,6 +54,106 @@ pub(crate) fn count() -> usize {
     std::thread::available_parallelism().map_or(1, NonZeroUsize::get)
 }
 
+/// Where each serving thread stands: its open connections, and how to
+/// hand it one.
+pub(super) struct Balance {
+    /// This thread's place in `open` and `inboxes` (its number minus one).
+    me: usize,
+    shared: Arc<Shared>,
+    inbox: mpsc::UnboundedReceiver<Handoff>,
+}
+
+struct Shared {
+    open: Box<[AtomicUsize]>,
+    inboxes: Box<[mpsc::UnboundedSender<Handoff>]>,
+}
+
+/// An accepted connection on its way to the thread that serves it, with
+/// the place it holds in `limits.max_connections` and in its thread's
+/// count.
+pub(super) struct Handoff {
+    pub(super) stream: std::net::TcpStream,
+    pub(super) remote: SocketAddr,
+    pub(super) permit: OwnedSemaphorePermit,
+    pub(super) counted: Counted,
+}
+
+/// One open connection in a serving thread's count, for as long as it is
+/// kept.
+pub(super) struct Counted {
+    shared: Arc<Shared>,
+    thread: usize,
+}
+
+// === impl Balance ===
+
+impl Balance {
+    fn all(count: usize) -> Vec<Balance> {
+        let (senders, receivers): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let shared = Arc::new(Shared {
+            open: (0..count).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders.into(),
+        });
+        receivers
+            .into_iter()
+            .enumerate()
+            .map(|(me, inbox)| Balance {
+                me,
+                shared: shared.clone(),
+                inbox,
+            })
+            .collect()
+    }
+
+    /// A connection handed to this thread by another.
+    pub(super) async fn handed(&mut self) -> Option<Handoff> {
+        self.inbox.recv().await
+    }
+
+    /// Decides where a connection this thread accepted is served: `Ok`
+    /// here, counted, or `Err` with the thread it is handed to.
+    pub(super) fn place(&self) -> Result<Counted, (usize, Counted)> {
+        let open = &self.shared.open;
+        let mine = open[self.me].load(Ordering::Relaxed);
+        let (fewest, theirs) = open
+            .iter()
+            .map(|n| n.load(Ordering::Relaxed))
+            .enumerate()
+            .min_by_key(|&(_, n)| n)
+            .unwrap_or((self.me, mine));
+        if theirs < mine {
+            Err((fewest, self.count(fewest)))
+        } else {
+            Ok(self.count(self.me))
+        }
+    }
+
+    fn count(&self, thread: usize) -> Counted {
+        self.shared.open[thread].fetch_add(1, Ordering::Relaxed);
+        Counted {
+            shared: self.shared.clone(),
+            thread,
+        }
+    }
+
+    /// Sends `handoff` to `thread`; gives it back if that thread no longer
+    /// accepts (it is shutting down).
+    pub(super) fn hand(&self, thread: usize, handoff: Handoff) -> Result<(), Handoff> {
+        self.shared.inboxes[thread]
+            .send(handoff)
+            .map_err(|mpsc::error::SendError(back)| back)
+    }
+}
+
+// === impl Counted ===
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.shared.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Starts `count` serving threads on `listener`. They accept once `open`
 /// turns true, and stop accepting when `stopped` does.
 pub(super) fn start(
@@ -60,7 +167,7 @@ pub(super) fn start(
     let permits = Arc::new(Semaphore::new(serving.max_connections));
     let mut closed = Vec::with_capacity(count);
     let mut finished = Vec::with_capacity(count);
-    for n in 1..=count {
+    for (balance, n) in Balance::all(count).into_iter().zip(1..) {
         let socket = listener.try_clone()?;
         let (closing, on_close) = oneshot::channel();
         let (done, on_done) = oneshot::channel::<()>();
@@ -71,7 +178,14 @@ pub(super) fn start(
             .name(format!("billguard-serve-{n}"))
             .spawn(move || {
                 INDEX.with(|i| i.set(n));
-                run(n, serving, socket, permits, (open, stopped), closing);
+                run(
+                    n,
+                    serving,
+                    socket,
+                    (permits, balance),
+                    (open, stopped),
+                    closing,
+                );
                 telemetry::flush_thread();
                 drop(done);
             })?;
@@ -110,7 +224,7 @@ fn run(
     n: usize,
     serving: Arc<Serving>,
     socket: std::net::TcpListener,
-    permits: Arc<Semaphore>,
+    (permits, balance): (Arc<Semaphore>, Balance),
     (mut open, stopped): (watch::Receiver<bool>, watch::Receiver<bool>),
     closing: oneshot::Sender<()>,
 ) {
@@ -131,10 +245,51 @@ fn run(
             return;
         }
         match TcpListener::from_std(socket) {
-            Ok(listener) => accept_loop(serving, listener, permits, stopped, closing).await,
+            Ok(listener) => {
+                accept_loop(serving, listener, permits, balance, stopped, closing).await;
+            }
             Err(error) => {
                 tracing::error!(%error, thread = n, "Listener could not be registered with a serving thread");
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where each of `n` connections accepted by thread 0 is served.
+    fn placed(balance: &[Balance], n: usize) -> (Vec<usize>, Vec<Counted>) {
+        let mut kept = Vec::new();
+        let threads = (0..n)
+            .map(|_| match balance[0].place() {
+                Ok(counted) | Err((_, counted)) => {
+                    let thread = counted.thread;
+                    kept.push(counted);
+                    thread
+                }
+            })
+            .collect();
+        (threads, kept)
+    }
+
+    #[test]
+    fn a_burst_on_one_thread_is_spread_evenly() {
+        let balance = Balance::all(3);
+        let (threads, mut kept) = placed(&balance, 7);
+        assert_eq!(threads, [0, 1, 2, 0, 1, 2, 0]);
+
+        // Thread 2's connections close: it gets the next ones.
+        kept.retain(|c| c.thread != 2);
+        let (threads, _more) = placed(&balance, 3);
+        assert_eq!(threads, [2, 2, 1]);
+    }
+
+    #[test]
+    fn one_thread_keeps_everything() {
+        let balance = Balance::all(1);
+        let (threads, _kept) = placed(&balance, 3);
+        assert_eq!(threads, [0, 0, 0]);
+    }
 }
