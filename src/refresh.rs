@@ -185,7 +185,20 @@ impl Refresher {
             Ok(false) => return self.wait_for_other(id, session).await,
             Err(_) => return Outcome::Unavailable,
         }
-        let outcome = self.renew(id, &session).await;
+        // Another replica may have refreshed and let go of the lock
+        // between the read above and taking it: read again under the lock,
+        // or its rotated refresh token would be redeemed a second time (and
+        // refused, ending the session).
+        let outcome = match store.load_fresh(&id).await {
+            Ok(Some(session))
+                if due(&session, SystemTime::now(), self.inner.interval) == Due::No =>
+            {
+                Outcome::Current(session)
+            }
+            Ok(Some(session)) => self.renew(id, &session).await,
+            Ok(None) => Outcome::Ended,
+            Err(_) => Outcome::Unavailable,
+        };
         store.unlock_refresh(&id).await;
         outcome
     }
