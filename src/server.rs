@@ -344,28 +344,9 @@ async fn accept_loop(
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
 
     loop {
-        let (stream, remote, permit, counted) = tokio::select! {
+        let admitted = tokio::select! {
             accepted = accept(&listener, &permits) => match accepted {
-                Some(Ok((stream, remote, permit))) => match balance.place() {
-                    Ok(counted) => (stream, remote, permit, counted),
-                    Err((thread, counted)) => {
-                        let handoff = match stream.into_std() {
-                            Ok(stream) => workers::Handoff { stream, remote, permit, counted },
-                            Err(error) => {
-                                tracing::debug!(%error, client = %remote, "Connection lost before it was handed on");
-                                continue;
-                            }
-                        };
-                        // That thread stopped accepting: serve it here.
-                        let Err(back) = balance.hand(thread, handoff) else {
-                            continue;
-                        };
-                        match TcpStream::from_std(back.stream) {
-                            Ok(stream) => (stream, back.remote, back.permit, back.counted),
-                            Err(_) => continue,
-                        }
-                    }
-                },
+                Some(Ok((stream, remote, permit))) => balance.admit(stream, remote, permit),
                 Some(Err(error)) => {
                     // Usually out of file descriptors: back off briefly
                     // instead of spinning.
@@ -375,14 +356,17 @@ async fn accept_loop(
                 }
                 None => break,
             },
-            Some(handed) = balance.handed() => match TcpStream::from_std(handed.stream) {
-                Ok(stream) => (stream, handed.remote, handed.permit, handed.counted),
-                Err(error) => {
-                    tracing::debug!(%error, client = %handed.remote, "Handed connection could not be registered");
-                    continue;
-                }
-            },
+            Some(handed) = balance.handed() => handed,
             _ = until_stopped(&mut stopped) => break,
+        };
+        let Some(workers::Conn {
+            stream,
+            remote,
+            permit,
+            counted,
+        }) = admitted
+        else {
+            continue;
         };
 
         let serving = serving.clone();

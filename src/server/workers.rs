@@ -29,7 +29,7 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 use super::{Serving, accept_loop};
@@ -68,15 +68,18 @@ struct Shared {
     inboxes: Box<[mpsc::UnboundedSender<Handoff>]>,
 }
 
-/// An accepted connection on its way to the thread that serves it, with
-/// the place it holds in `limits.max_connections` and in its thread's
-/// count.
-pub(super) struct Handoff {
-    pub(super) stream: std::net::TcpStream,
+/// An accepted connection with the place it holds in
+/// `limits.max_connections` and in its serving thread's count: on its way
+/// to that thread (`S` a std socket, which no runtime watches), or
+/// registered with it (a tokio socket).
+pub(super) struct Conn<S> {
+    pub(super) stream: S,
     pub(super) remote: SocketAddr,
     pub(super) permit: OwnedSemaphorePermit,
     pub(super) counted: Counted,
 }
+
+type Handoff = Conn<std::net::TcpStream>;
 
 /// One open connection in a serving thread's count, for as long as it is
 /// kept.
@@ -106,14 +109,57 @@ impl Balance {
             .collect()
     }
 
-    /// A connection handed to this thread by another.
-    pub(super) async fn handed(&mut self) -> Option<Handoff> {
-        self.inbox.recv().await
+    /// A connection another thread handed to this one, registered with
+    /// this thread's runtime; `None` if it could not be.
+    pub(super) async fn handed(&mut self) -> Option<Option<Conn<TcpStream>>> {
+        let handed = self.inbox.recv().await?;
+        Some(register(handed))
+    }
+
+    /// A connection this thread accepted: `Some` to serve it here, `None`
+    /// when it went to a thread with fewer connections (or was lost on
+    /// the way).
+    pub(super) fn admit(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<Conn<TcpStream>> {
+        let (thread, counted) = match self.place() {
+            Ok(counted) => {
+                return Some(Conn {
+                    stream,
+                    remote,
+                    permit,
+                    counted,
+                });
+            }
+            Err(elsewhere) => elsewhere,
+        };
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::debug!(%error, client = %remote, "Connection lost before it was handed on");
+                return None;
+            }
+        };
+        let handoff = Conn {
+            stream,
+            remote,
+            permit,
+            counted,
+        };
+        match self.shared.inboxes[thread].send(handoff) {
+            Ok(()) => None,
+            // That thread stopped accepting (it is shutting down): serve
+            // the connection here.
+            Err(mpsc::error::SendError(back)) => register(back),
+        }
     }
 
     /// Decides where a connection this thread accepted is served: `Ok`
     /// here, counted, or `Err` with the thread it is handed to.
-    pub(super) fn place(&self) -> Result<Counted, (usize, Counted)> {
+    fn place(&self) -> Result<Counted, (usize, Counted)> {
         let open = &self.shared.open;
         let mine = open[self.me].load(Ordering::Relaxed);
         let (fewest, theirs) = open
@@ -136,13 +182,21 @@ impl Balance {
             thread,
         }
     }
+}
 
-    /// Sends `handoff` to `thread`; gives it back if that thread no longer
-    /// accepts (it is shutting down).
-    pub(super) fn hand(&self, thread: usize, handoff: Handoff) -> Result<(), Handoff> {
-        self.shared.inboxes[thread]
-            .send(handoff)
-            .map_err(|mpsc::error::SendError(back)| back)
+/// `conn` registered with this thread's runtime.
+fn register(conn: Handoff) -> Option<Conn<TcpStream>> {
+    match TcpStream::from_std(conn.stream) {
+        Ok(stream) => Some(Conn {
+            stream,
+            remote: conn.remote,
+            permit: conn.permit,
+            counted: conn.counted,
+        }),
+        Err(error) => {
+            tracing::debug!(%error, client = %conn.remote, "Handed connection could not be registered");
+            None
+        }
     }
 }
 
