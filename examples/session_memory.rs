@@ -23,6 +23,10 @@ use billguard::session::{NewSession, Store, Tokens};
 
 const COUNTS: [u64; 3] = [10_000, 100_000, 1_000_000];
 
+// The allocator of the `billguard` binary, so the figures are the binary's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let [_, count, shape] = args.as_slice() {

@@ -3,7 +3,7 @@
 //! The cookie holds only a 256-bit random id; everything else stays
 //! server-side, in one of two backends behind the same [`Store`] handle:
 //!
-//! - `memory` (the default, one replica): a moka cache in this process,
+//! - `memory` (the default, one replica): a table in this process,
 //!   optionally written to `session.persist_file` on shutdown and read back
 //!   at start, so a restart signs nobody out;
 //! - `redis` (several replicas): every replica reads and writes the same
@@ -406,8 +406,8 @@ impl Store {
         }
     }
 
-    /// Expiry and eviction run inside cache calls only; call this now and
-    /// then so counts stay true on an idle proxy.
+    /// Removes what has expired: lookups only skip it. Call this now and
+    /// then so memory is given back and counts stay true on an idle proxy.
     pub async fn housekeeping(&self) {
         match &self.inner.backend {
             Backend::Memory(m) => m.housekeeping().await,

@@ -8,10 +8,14 @@ use super::*;
 use crate::identity::Role;
 
 fn store(ttl: Duration, idle: Duration) -> Store {
+    bounded(ttl, idle, 100)
+}
+
+fn bounded(ttl: Duration, idle: Duration, max_sessions: u64) -> Store {
     Store::new(&config::Session {
         ttl,
         idle_timeout: idle,
-        max_sessions: 100,
+        max_sessions,
         secret: config::Secret::new("x".repeat(32)),
         secret_generated: false,
         secure_cookies: true,
@@ -77,8 +81,8 @@ async fn the_absolute_lifetime_ends_a_session() {
     let s = store(Duration::from_millis(1), Duration::from_secs(60));
     let id = s.create(who(), None).await;
     let h = cookie_headers(&format!("__Host-billguard_session={id}"));
-    // Expiry is checked against moka's clock on every read; wait for the
-    // deadline to pass rather than sleeping a fixed time.
+    // Expiry is checked on every read; wait for the deadline to pass
+    // rather than sleeping a fixed time.
     let deadline = Instant::now() + Duration::from_millis(1);
     while Instant::now() <= deadline {
         tokio::task::yield_now().await;
@@ -123,4 +127,55 @@ async fn requests_in_a_row_share_one_decoding_and_see_a_replacement_at_once() {
 
     s.remove(&id).await;
     assert!(s.lookup(&h).await.is_none());
+}
+
+#[tokio::test]
+async fn a_session_unused_for_the_idle_timeout_ends_and_use_keeps_it_alive() {
+    let s = store(Duration::from_secs(60), Duration::from_millis(30));
+    let kept = s.create(who(), None).await;
+    let idle = s.create(who(), None).await;
+    let cookie = |id: &SessionId| cookie_headers(&format!("__Host-billguard_session={id}"));
+    let deadline = Instant::now() + Duration::from_millis(60);
+    while Instant::now() <= deadline {
+        assert!(
+            s.lookup(&cookie(&kept)).await.is_some(),
+            "in use, never idle"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(s.lookup(&cookie(&idle)).await.is_none());
+    assert!(s.lookup(&cookie(&kept)).await.is_some());
+    s.housekeeping().await;
+    assert_eq!(s.try_count().await.unwrap(), 1, "the idle one is gone");
+}
+
+#[tokio::test]
+async fn past_the_bound_on_several_shards_the_oldest_go_and_recent_ones_stay() {
+    let max = 10_000;
+    let s = bounded(Duration::from_secs(60), Duration::from_secs(60), max);
+    let mut ids = Vec::new();
+    for _ in 0..max {
+        ids.push(s.create(who(), None).await);
+    }
+    // The first hundred are used again: now the most recently used.
+    let cookie = |id: &SessionId| cookie_headers(&format!("__Host-billguard_session={id}"));
+    for id in &ids[..100] {
+        assert!(s.lookup(&cookie(id)).await.is_some());
+    }
+    let mut newer = Vec::new();
+    for _ in 0..200 {
+        newer.push(s.create(who(), None).await);
+    }
+    assert_eq!(s.try_count().await.unwrap(), max);
+    for id in ids[..100].iter().chain(&newer) {
+        assert!(
+            s.lookup(&cookie(id)).await.is_some(),
+            "recently used or new"
+        );
+    }
+    let mut gone = 0;
+    for id in &ids[100..300] {
+        gone += usize::from(s.lookup(&cookie(id)).await.is_none());
+    }
+    assert!(gone >= 150, "evicted from the oldest: {gone} of 200");
 }
