@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cookie::{Cookie, CookieJar, Key, SameSite};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
-use moka::future::Cache;
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -35,6 +34,10 @@ use crate::oidc::FlowError;
 use crate::refresh;
 use crate::respond::{self, Body, Failure};
 use crate::session::{NewSession, set_cookie_value};
+
+mod consumed;
+
+use consumed::Consumed;
 
 /// Pending logins allowed at once per browser.
 pub const MAX_PENDING: usize = 3;
@@ -60,7 +63,7 @@ pub struct Logins {
     session_ttl: Duration,
     /// States whose callback already ran, so a replayed callback fails even
     /// if the browser still had the cookie.
-    consumed: Cache<String, ()>,
+    consumed: Consumed,
 }
 
 /// What a login cookie holds.
@@ -88,10 +91,7 @@ impl Logins {
             key: Key::derive_from(cfg.secret.expose().as_bytes()),
             secure: cfg.secure_cookies,
             session_ttl: cfg.ttl,
-            consumed: Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(PENDING_LIFETIME)
-                .build(),
+            consumed: Consumed::new(PENDING_LIFETIME),
         }
     }
 
@@ -277,12 +277,7 @@ pub async fn callback(app: &App, headers: &HeaderMap, query: Option<&str>) -> Re
     }
 
     // 2. Each state completes once.
-    let entry = logins
-        .consumed
-        .entry(pending.state.clone())
-        .or_insert(())
-        .await;
-    let mut res = if !entry.is_fresh() {
+    let mut res = if !logins.consumed.first_use(&pending.state) {
         auth_failure(
             "replayed_state",
             "callback for a login that already completed",
