@@ -408,27 +408,23 @@ pub fn is_own_cookie(name: &str) -> bool {
 /// Drops billguard's cookies from every `Cookie` header, keeping the app's
 /// in one header.
 fn remove_own_cookies(headers: &mut HeaderMap) {
-    let mut values = headers.get_all(header::COOKIE).iter();
-    let (Some(first), None) = (values.next(), values.next()) else {
-        if headers.contains_key(header::COOKIE) {
-            rebuild_cookies(headers);
-        }
+    // One lookup for reading and rewriting: the map is hashed once.
+    let header::Entry::Occupied(mut entry) = headers.entry(header::COOKIE) else {
         return;
     };
-    // The usual case, one header: leave it alone unless it carries one of
-    // billguard's cookies (or is not text, which the rebuild drops).
-    let clean = first
-        .to_str()
-        .is_ok_and(|v| !cookie_pairs(v).any(|(name, _)| is_own_cookie(name)));
-    if !clean {
-        rebuild_cookies(headers);
+    // One header without billguard's cookies is left alone (one that is not
+    // text is dropped below).
+    let mut values = entry.iter();
+    if let (Some(only), None) = (values.next(), values.next())
+        && only
+            .to_str()
+            .is_ok_and(|v| !cookie_pairs(v).any(|(name, _)| is_own_cookie(name)))
+    {
+        return;
     }
-}
-
-fn rebuild_cookies(headers: &mut HeaderMap) {
     // One string for all the kept pairs, handed to the header without a copy.
     let mut kept = String::new();
-    for value in headers.get_all(header::COOKIE) {
+    for value in entry.iter() {
         let Ok(value) = value.to_str() else { continue };
         for (name, pair) in cookie_pairs(value) {
             if !is_own_cookie(name) {
@@ -439,11 +435,13 @@ fn rebuild_cookies(headers: &mut HeaderMap) {
             }
         }
     }
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(kept))
-    {
-        headers.insert(header::COOKIE, value);
+    match HeaderValue::from_maybe_shared(Bytes::from(kept)) {
+        Ok(value) if !value.is_empty() => {
+            entry.insert(value);
+        }
+        _ => {
+            entry.remove();
+        }
     }
 }
 
