@@ -28,6 +28,7 @@ use crate::config;
 
 pub mod flow;
 pub mod logout;
+mod resend;
 
 pub use flow::{Completed, Error as FlowError, Grant, Probe, Refreshed, Started};
 
@@ -131,6 +132,11 @@ impl Provider {
 
     pub fn http(&self) -> &openidconnect::reqwest::Client {
         &self.inner.http
+    }
+
+    /// The client for token-endpoint requests (see `resend`).
+    fn token_client(&self) -> resend::Resending<'_> {
+        resend::Resending(&self.inner.http)
     }
 
     /// The metadata, once discovery has succeeded.

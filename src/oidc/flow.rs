@@ -167,7 +167,7 @@ impl Provider {
             .exchange_code(AuthorizationCode::new(code.to_owned()))
             .map_err(|e| Error::Exchange(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(pkce_verifier.to_owned()))
-            .request_async(self.http())
+            .request_async(&self.token_client())
             .await
             .map_err(exchange_error)?;
 
@@ -230,7 +230,7 @@ impl Provider {
                 URL_SAFE_NO_PAD.encode(rand::random::<[u8; 12]>())
             )))
             .set_pkce_verifier(verifier)
-            .request_async(self.http())
+            .request_async(&self.token_client())
             .await;
         match result.map_err(exchange_error) {
             Err(Error::CodeRejected(_)) => Probe::Accepted,
@@ -254,7 +254,7 @@ impl Provider {
         let response = client
             .exchange_refresh_token(&token)
             .map_err(|e| Error::Exchange(e.to_string()))?
-            .request_async(self.http())
+            .request_async(&self.token_client())
             .await
             .map_err(|e| match exchange_error(e) {
                 Error::CodeRejected(detail) => Error::RefreshRejected(detail),

@@ -64,6 +64,15 @@ async fn a_failed_code_exchange_shows_a_page_and_creates_no_session() {
 }
 
 #[tokio::test]
+async fn a_code_exchange_whose_connection_is_cut_is_sent_once_more_and_the_login_completes() {
+    let (stack, browser, last) = login_with(Misbehave::CutNextTokenRequest).await;
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert!(browser.cookie(stack.session_cookie()).is_some());
+    // The cut request never reached the token handler; the one sent again did.
+    assert_eq!(stack.provider.token_auth_methods_seen().len(), 1);
+}
+
+#[tokio::test]
 async fn userinfo_for_another_subject_is_refused() {
     let stack = Stack::start().await;
     stack.provider.misbehave(Misbehave::ClaimsOnlyInUserinfo);

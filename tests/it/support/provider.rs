@@ -17,7 +17,6 @@
 //! introspection endpoint that knows every opaque token it issued.
 
 use std::collections::{HashMap, HashSet};
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -151,6 +150,10 @@ pub enum Misbehave {
     Hs256WithPublicKey,
     /// Discovery lists only the token endpoint auth method the fake accepts.
     StrictAuthMethods,
+    /// The next token request gets no answer: its connection is closed, as
+    /// when a server drops a keep-alive connection just as it is reused.
+    /// Then it turns itself off.
+    CutNextTokenRequest,
 }
 
 // === impl Provider ===
@@ -540,9 +543,18 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::R
                 let Ok((stream, _)) = accepted else { continue };
                 let shared = shared.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |req| {
+                    let service = service_fn(move |req: Request<Incoming>| {
                         let shared = shared.clone();
-                        async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                        async move {
+                            // An error from the service makes hyper close the
+                            // connection without an answer.
+                            if req.uri().path() == TOKEN_PATH
+                                && shared.state().misbehaving.remove(&Misbehave::CutNextTokenRequest)
+                            {
+                                return Err(std::io::Error::other("connection cut"));
+                            }
+                            Ok(route(&shared, req).await)
+                        }
                     });
                     // A client hanging up mid-request is its own business.
                     let _ = http1::Builder::new()
