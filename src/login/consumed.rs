@@ -6,9 +6,9 @@
 //! in two generations, the current one and the one before it, and the one
 //! before is dropped whole when the current one is a lifetime old. Each
 //! state is remembered for at least one lifetime (at most two), as a
-//! 16-byte digest: about 20 bytes a login, where a cache entry holding the
-//! state's text cost over ten times that, and a burst of logins is paid for
-//! until they are a lifetime old.
+//! 16-byte digest in a hash set: 20 to 40 bytes a login, where a cache
+//! entry holding the state's text cost about ten times that (a burst of
+//! logins is paid for until it is a lifetime old).
 //!
 //! A generation holds a bounded number of states. A flood of callbacks past
 //! it starts the next generation early, which forgets the oldest states
