@@ -2,9 +2,9 @@
 //!
 //! A measurement, not a test: it opens that many sessions shaped like a real Authentik login
 //! with `offline_access` (UUID `sub`, user name, email, three groups, `sid`, refresh token; the
-//! ID token stays in the browser's hint cookie) in a fresh store, lets moka finish its
-//! housekeeping, and divides the growth of the process's resident memory by the count. That includes everything a session costs:
-//! the cache's own entry, the session, its prebuilt header values and allocator overhead.
+//! ID token stays in the browser's hint cookie) in a fresh store, runs its housekeeping, and
+//! divides the growth of the process's resident memory by the count. That includes everything
+//! a session costs: the table's entry and its growth, the stored record and allocator overhead.
 //! Each figure comes from a fresh child process, so memory freed by one run cannot hide the
 //! next one's. Linux only (it reads `/proc/self/statm`).
 //!
