@@ -400,12 +400,12 @@ impl Provider {
         access_token: &str,
         claims: &mut Claims,
     ) -> Result<(), Error> {
-        let response = self
+        let request = self
             .http()
             .get(url.clone())
             .bearer_auth(access_token)
-            .header("accept", "application/json")
-            .send()
+            .header("accept", "application/json");
+        let response = super::resend::send_built(request)
             .await
             .map_err(|e| Error::Userinfo(format!("request to {url}: {e}")))?;
         let status = response.status();

@@ -1,7 +1,6 @@
-//! The HTTP client behind requests to the provider's token endpoint (code
-//! exchange, refresh, the credentials probe of `billguard check`), which
-//! sends a request once more when its connection broke before any answer
-//! came.
+//! Requests to the provider's token endpoint (code exchange, refresh, the
+//! credentials probe of `billguard check`) and userinfo, sent once more
+//! when their connection broke before any answer came.
 //!
 //! Keep-alive connections to the provider are reused, and a provider closes
 //! the ones it thinks idle (Node.js servers after 5 s). A request that
@@ -10,8 +9,8 @@
 //! The request is sent once more, on another connection. That is safe for
 //! these requests: a code or refresh token that the provider did redeem the
 //! first time is refused the second time (`invalid_grant`), which is what
-//! the user would have got anyway. Timeouts and answers, errors included,
-//! are never sent again.
+//! the user would have got anyway, and userinfo is only read. Timeouts and
+//! answers, errors included, are never sent again.
 
 use std::error::Error as _;
 use std::future::Future;
@@ -49,6 +48,24 @@ async fn send(http: &reqwest::Client, request: HttpRequest) -> Answer {
             http.call(again).await
         }
         result => result,
+    }
+}
+
+/// Sends a request built on the provider's client (userinfo), and once
+/// more if its connection broke unanswered.
+pub(super) async fn send_built(
+    request: reqwest::RequestBuilder,
+) -> Result<reqwest::Response, reqwest::Error> {
+    let again = request.try_clone();
+    match (request.send().await, again) {
+        (Err(error), Some(again)) if broke_unanswered(&error) => {
+            tracing::debug!(
+                error = %chain(&error),
+                "Provider connection broke before an answer; sending the request again"
+            );
+            again.send().await
+        }
+        (result, _) => result,
     }
 }
 

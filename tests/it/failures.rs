@@ -73,6 +73,17 @@ async fn a_code_exchange_whose_connection_is_cut_is_sent_once_more_and_the_login
 }
 
 #[tokio::test]
+async fn a_userinfo_request_whose_connection_is_cut_is_sent_once_more() {
+    let stack = Stack::start().await;
+    stack.provider.misbehave(Misbehave::ClaimsOnlyInUserinfo);
+    stack.provider.misbehave(Misbehave::CutNextUserinfoRequest);
+    let browser = Browser::new();
+    let last = stack.login(&browser, "alice", "/").await.last;
+    assert_eq!(last.status, 200, "{}", last.text());
+    assert!(browser.cookie(stack.session_cookie()).is_some());
+}
+
+#[tokio::test]
 async fn userinfo_for_another_subject_is_refused() {
     let stack = Stack::start().await;
     stack.provider.misbehave(Misbehave::ClaimsOnlyInUserinfo);

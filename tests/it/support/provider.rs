@@ -154,6 +154,8 @@ pub enum Misbehave {
     /// when a server drops a keep-alive connection just as it is reused.
     /// Then it turns itself off.
     CutNextTokenRequest,
+    /// The same for the next userinfo request.
+    CutNextUserinfoRequest,
 }
 
 // === impl Provider ===
@@ -548,9 +550,12 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::R
                         async move {
                             // An error from the service makes hyper close the
                             // connection without an answer.
-                            if req.uri().path() == TOKEN_PATH
-                                && shared.state().misbehaving.remove(&Misbehave::CutNextTokenRequest)
-                            {
+                            let cut = match req.uri().path() {
+                                TOKEN_PATH => Some(Misbehave::CutNextTokenRequest),
+                                USERINFO_PATH => Some(Misbehave::CutNextUserinfoRequest),
+                                _ => None,
+                            };
+                            if cut.is_some_and(|how| shared.state().misbehaving.remove(&how)) {
                                 return Err(std::io::Error::other("connection cut"));
                             }
                             Ok(route(&shared, req).await)
