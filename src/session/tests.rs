@@ -36,6 +36,11 @@ fn who() -> Identity {
     }
 }
 
+/// The request headers of a browser holding the session cookie for `id`.
+fn cookie_for(id: &SessionId) -> HeaderMap {
+    cookie_headers(&format!("__Host-billguard_session={id}"))
+}
+
 fn cookie_headers(value: &str) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(hyper::header::COOKIE, HeaderValue::from_str(value).unwrap());
@@ -80,7 +85,7 @@ async fn malformed_or_foreign_ids_find_nothing() {
 async fn the_absolute_lifetime_ends_a_session() {
     let s = store(Duration::from_millis(1), Duration::from_secs(60));
     let id = s.create(who(), None).await;
-    let h = cookie_headers(&format!("__Host-billguard_session={id}"));
+    let h = cookie_for(&id);
     // Expiry is checked on every read; wait for the deadline to pass
     // rather than sleeping a fixed time.
     let deadline = Instant::now() + Duration::from_millis(1);
@@ -111,7 +116,7 @@ fn session_cookie_is_host_prefixed_http_only_lax_and_secure() {
 async fn requests_in_a_row_share_one_decoding_and_see_a_replacement_at_once() {
     let s = store(Duration::from_secs(60), Duration::from_secs(60));
     let id = s.create(who(), None).await;
-    let h = cookie_headers(&format!("__Host-billguard_session={id}"));
+    let h = cookie_for(&id);
     let (_, first) = s.lookup(&h).await.expect("session");
     let (_, again) = s.lookup(&h).await.expect("session");
     assert!(
@@ -134,17 +139,16 @@ async fn a_session_unused_for_the_idle_timeout_ends_and_use_keeps_it_alive() {
     let s = store(Duration::from_secs(60), Duration::from_millis(30));
     let kept = s.create(who(), None).await;
     let idle = s.create(who(), None).await;
-    let cookie = |id: &SessionId| cookie_headers(&format!("__Host-billguard_session={id}"));
     let deadline = Instant::now() + Duration::from_millis(60);
     while Instant::now() <= deadline {
         assert!(
-            s.lookup(&cookie(&kept)).await.is_some(),
+            s.lookup(&cookie_for(&kept)).await.is_some(),
             "in use, never idle"
         );
         tokio::task::yield_now().await;
     }
-    assert!(s.lookup(&cookie(&idle)).await.is_none());
-    assert!(s.lookup(&cookie(&kept)).await.is_some());
+    assert!(s.lookup(&cookie_for(&idle)).await.is_none());
+    assert!(s.lookup(&cookie_for(&kept)).await.is_some());
     s.housekeeping().await;
     assert_eq!(s.try_count().await.unwrap(), 1, "the idle one is gone");
 }
@@ -158,9 +162,8 @@ async fn past_the_bound_on_several_shards_the_oldest_go_and_recent_ones_stay() {
         ids.push(s.create(who(), None).await);
     }
     // The first hundred are used again: now the most recently used.
-    let cookie = |id: &SessionId| cookie_headers(&format!("__Host-billguard_session={id}"));
     for id in &ids[..100] {
-        assert!(s.lookup(&cookie(id)).await.is_some());
+        assert!(s.lookup(&cookie_for(id)).await.is_some());
     }
     let mut newer = Vec::new();
     for _ in 0..200 {
@@ -169,13 +172,13 @@ async fn past_the_bound_on_several_shards_the_oldest_go_and_recent_ones_stay() {
     assert_eq!(s.try_count().await.unwrap(), max);
     for id in ids[..100].iter().chain(&newer) {
         assert!(
-            s.lookup(&cookie(id)).await.is_some(),
+            s.lookup(&cookie_for(id)).await.is_some(),
             "recently used or new"
         );
     }
     let mut gone = 0;
     for id in &ids[100..300] {
-        gone += usize::from(s.lookup(&cookie(id)).await.is_none());
+        gone += usize::from(s.lookup(&cookie_for(id)).await.is_none());
     }
     assert!(gone >= 150, "evicted from the oldest: {gone} of 200");
 }

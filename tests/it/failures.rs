@@ -9,10 +9,20 @@ use crate::support::stack::{Stack, StackOptions};
 
 /// Runs one login with the provider misbehaving; returns the final page.
 async fn login_with(how: Misbehave) -> (Stack, Browser, crate::support::browser::Resp) {
+    login_misbehaving(&[how], "/bills").await
+}
+
+/// Runs one login to `path` with the provider misbehaving in every way given.
+async fn login_misbehaving(
+    hows: &[Misbehave],
+    path: &str,
+) -> (Stack, Browser, crate::support::browser::Resp) {
     let stack = Stack::start().await;
-    stack.provider.misbehave(how);
+    for how in hows {
+        stack.provider.misbehave(*how);
+    }
     let browser = Browser::new();
-    let nav = stack.login(&browser, "alice", "/bills").await;
+    let nav = stack.login(&browser, "alice", path).await;
     (stack, browser, nav.last)
 }
 
@@ -74,22 +84,19 @@ async fn a_code_exchange_whose_connection_is_cut_is_sent_once_more_and_the_login
 
 #[tokio::test]
 async fn a_userinfo_request_whose_connection_is_cut_is_sent_once_more() {
-    let stack = Stack::start().await;
-    stack.provider.misbehave(Misbehave::ClaimsOnlyInUserinfo);
-    stack.provider.misbehave(Misbehave::CutNextUserinfoRequest);
-    let browser = Browser::new();
-    let last = stack.login(&browser, "alice", "/").await.last;
+    let hows = [
+        Misbehave::ClaimsOnlyInUserinfo,
+        Misbehave::CutNextUserinfoRequest,
+    ];
+    let (stack, browser, last) = login_misbehaving(&hows, "/").await;
     assert_eq!(last.status, 200, "{}", last.text());
     assert!(browser.cookie(stack.session_cookie()).is_some());
 }
 
 #[tokio::test]
 async fn userinfo_for_another_subject_is_refused() {
-    let stack = Stack::start().await;
-    stack.provider.misbehave(Misbehave::ClaimsOnlyInUserinfo);
-    stack.provider.misbehave(Misbehave::UserinfoWrongSub);
-    let browser = Browser::new();
-    let last = stack.login(&browser, "alice", "/").await.last;
+    let hows = [Misbehave::ClaimsOnlyInUserinfo, Misbehave::UserinfoWrongSub];
+    let (stack, browser, last) = login_misbehaving(&hows, "/").await;
     assert_eq!(last.status, 502);
     assert!(browser.cookie(stack.session_cookie()).is_none());
 }
