@@ -34,10 +34,19 @@ use pool::Pool;
 /// The app's response body as billguard streams it to the client.
 pub type Body = pool::Body<Sent<Incoming>>;
 
-/// Put in a request's extensions by the server; an upgraded connection
-/// keeps it until it closes, so a shutdown waits for WebSockets too.
+/// Held by each request of a connection the server has not closed yet; an
+/// upgraded connection keeps it until it closes, so a shutdown waits for
+/// WebSockets too.
 #[derive(Clone, Debug)]
 pub struct DrainGuard(pub tokio::sync::mpsc::Sender<()>);
+
+/// What the server knows about a request beyond the request itself.
+#[derive(Debug)]
+pub struct Sending<'a> {
+    /// Sent to the app in [`request_id::HEADER`].
+    pub id: &'a RequestId,
+    pub drain: DrainGuard,
+}
 
 /// A handle to the app.
 #[derive(Clone)]
@@ -104,6 +113,7 @@ impl Upstream {
         &self,
         mut req: Request<Incoming>,
         upgrade: Option<HeaderValue>,
+        sending: Sending<'_>,
     ) -> Result<Response<Body>, Error> {
         // The browser's path and query in origin form, shared rather than
         // parsed and copied again.
@@ -121,12 +131,11 @@ impl Upstream {
         // The app speaks HTTP/1.1 whatever the browser spoke.
         *req.version_mut() = Version::HTTP_11;
 
-        if let Some(RequestId(id)) = req.extensions().get::<RequestId>().cloned() {
-            req.headers_mut().insert(request_id::HEADER, id);
-        }
+        req.headers_mut()
+            .insert(request_id::HEADER, sending.id.0.clone());
 
         let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
-        let guard = req.extensions_mut().remove::<DrainGuard>();
+        let guard = sending.drain;
         let (done, body_sent) = oneshot::channel();
         let req = req.map(|body| Sent::new(body, done));
         let started = std::time::Instant::now();

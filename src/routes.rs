@@ -60,21 +60,25 @@ use crate::telemetry;
 const OWN_PREFIX: &str = "/_billguard/";
 
 /// Serves one request and writes its access-log line.
-pub async fn handle(app: Arc<App>, mut req: Request<Incoming>, peer: Peer) -> Response<Body> {
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: Peer,
+    drain: forward::DrainGuard,
+) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     // A cheap handle on the request's bytes, not a copy of the path.
     let uri = req.uri().clone();
     let path = uri.path();
     let id = RequestId::from_headers(req.headers());
-    req.extensions_mut().insert(id.clone());
     let kind = if Some(path) == app.callback_path.as_deref() || path.starts_with(OWN_PREFIX) {
         metrics::RouteKind::Owned
     } else {
         metrics::RouteKind::Proxied
     };
 
-    let (mut res, caller) = telemetry::in_request(&id, route(&app, req, peer)).await;
+    let (mut res, caller) = telemetry::in_request(&id, route(&app, req, peer, &id, drain)).await;
     metrics::request(kind, res.status());
     res.headers_mut().insert(request_id::HEADER, id.0.clone());
 
@@ -98,7 +102,13 @@ enum Caller {
     Bearer(Arc<bearer::Caller>, String),
 }
 
-async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>, Option<Caller>) {
+async fn route(
+    app: &App,
+    req: Request<Incoming>,
+    peer: Peer,
+    id: &RequestId,
+    drain: forward::DrainGuard,
+) -> (Response<Body>, Option<Caller>) {
     let navigation = is_navigation(&req);
     let normalized = match policy::normalize(req.uri().path()) {
         Ok(normalized) => normalized,
@@ -130,7 +140,8 @@ async fn route(app: &App, req: Request<Incoming>, peer: Peer) -> (Response<Body>
         let (res, session) = Box::pin(own(app, &endpoint, req, peer, navigation)).await;
         return (res, session.map(Caller::Session));
     }
-    proxy(app, req, peer, navigation, normalized).await
+    let sent = forward::Sending { id, drain };
+    proxy(app, req, peer, navigation, normalized, sent).await
 }
 
 /// billguard's own endpoints, listed in the module doc of each handler.
@@ -190,6 +201,7 @@ async fn proxy(
     peer: Peer,
     navigation: bool,
     normalized: Normalized,
+    sending: forward::Sending<'_>,
 ) -> (Response<Body>, Option<Caller>) {
     let decision = app.routes.decide(req.method(), &normalized.decoded);
     if !set_path(&mut req, &normalized.encoded) {
@@ -249,7 +261,7 @@ async fn proxy(
     app.statements
         .apply(headers, caller.as_ref().map(|c| (c.identity(), c.kind())));
 
-    let res = match app.upstream.forward(req, upgrade.clone()).await {
+    let res = match app.upstream.forward(req, upgrade.clone(), sending).await {
         Ok(mut res) => {
             let switched = res.status() == StatusCode::SWITCHING_PROTOCOLS;
             app.rewriter

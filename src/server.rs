@@ -507,9 +507,6 @@ fn service(
     service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the App in force when it arrives.
         let app: Arc<App> = live.load();
-        // An upgraded connection outlives its request; it keeps this so
-        // the drain waits for it too.
-        req.extensions_mut().insert(DrainGuard(alive.clone()));
         // HTTP/2 carries the host in the :authority pseudo-header only;
         // the header rewrite and the app expect `Host`.
         if !req.headers().contains_key(header::HOST)
@@ -520,7 +517,10 @@ fn service(
         {
             req.headers_mut().insert(header::HOST, host);
         }
-        async move { Ok::<_, Infallible>(routes::handle(app, req, peer).await) }
+        // An upgraded connection outlives its request; it keeps this so
+        // the drain waits for it too.
+        let drain = DrainGuard(alive.clone());
+        async move { Ok::<_, Infallible>(routes::handle(app, req, peer, drain).await) }
     })
 }
 
