@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::http::uri::PathAndQuery;
 use hyper::{Request, Response, StatusCode, Uri, Version};
@@ -136,13 +136,22 @@ impl Upstream {
 
         let downstream = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
         let guard = sending.drain;
-        let (done, body_sent) = oneshot::channel();
-        let req = req.map(|body| Sent::new(body, done));
+        // A request without a body is sent in full as soon as its head is,
+        // which is when the wait for the answer starts anyway.
+        let (done, body_sent) = if req.body().is_end_stream() {
+            (None, None)
+        } else {
+            let (done, sent) = oneshot::channel();
+            (Some(done), Some(sent))
+        };
+        let req = req.map(|body| Sent { inner: body, done });
         let started = std::time::Instant::now();
         let response = self.pool.send(req);
         // The app cannot be expected to answer before it has the request.
         let deadline = async {
-            let _ = body_sent.await;
+            if let Some(body_sent) = body_sent {
+                let _ = body_sent.await;
+            }
             tokio::time::sleep(self.timeout).await;
         };
         let sent = tokio::select! {
@@ -183,7 +192,8 @@ impl Upstream {
     }
 }
 
-/// A request body that reports when it has been sent in full.
+/// A request body that reports when it has been sent in full (one that
+/// was empty from the start has nothing to report).
 pub struct Sent<B> {
     inner: B,
     done: Option<oneshot::Sender<()>>,
@@ -191,18 +201,7 @@ pub struct Sent<B> {
 
 // === impl Sent ===
 
-impl<B: hyper::body::Body> Sent<B> {
-    fn new(inner: B, done: oneshot::Sender<()>) -> Self {
-        let mut sent = Sent {
-            inner,
-            done: Some(done),
-        };
-        if sent.inner.is_end_stream() {
-            sent.finish();
-        }
-        sent
-    }
-
+impl<B> Sent<B> {
     fn finish(&mut self) {
         if let Some(done) = self.done.take() {
             let _ = done.send(());
