@@ -110,7 +110,10 @@ async fn route(
     drain: forward::DrainGuard,
 ) -> (Response<Body>, Option<Caller>) {
     let navigation = is_navigation(&req);
-    let normalized = match policy::normalize(req.uri().path()) {
+    // A handle on the request's bytes, so the path can be borrowed while
+    // the request moves on.
+    let uri = req.uri().clone();
+    let normalized = match policy::normalize(uri.path()) {
         Ok(normalized) => normalized,
         Err(error) => {
             tracing::debug!(%error, "Request path refused");
@@ -118,7 +121,7 @@ async fn route(
             return (failure.into_response(navigation), None);
         }
     };
-    let path = normalized.decoded.as_str();
+    let path = &*normalized.decoded;
 
     if Some(path) == app.callback_path.as_deref() {
         if !is_read(req.method()) {
@@ -200,11 +203,11 @@ async fn proxy(
     mut req: Request<Incoming>,
     peer: Peer,
     navigation: bool,
-    normalized: Normalized,
+    normalized: Normalized<'_>,
     sending: forward::Sending<'_>,
 ) -> (Response<Body>, Option<Caller>) {
     let decision = app.routes.decide(req.method(), &normalized.decoded);
-    if !set_path(&mut req, &normalized.encoded) {
+    if !normalized.is_unchanged() && !set_path(&mut req, &normalized.encoded) {
         let failure = Failure::bad_request("This address cannot be served.");
         return (failure.into_response(navigation), None);
     }

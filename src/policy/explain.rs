@@ -22,12 +22,12 @@ pub enum Verdict<'a> {
     Refused(PathError),
     /// billguard serves it; rules do not apply.
     Own {
-        normalized: Normalized,
+        normalized: Normalized<'static>,
         what: &'static str,
     },
     /// It goes to the app as the rules decide.
     App {
-        normalized: Normalized,
+        normalized: Normalized<'static>,
         decision: Decision<'a>,
     },
 }
@@ -40,7 +40,7 @@ pub fn explain<'a>(
     target: &str,
 ) -> Explanation<'a> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
-    let verdict = match normalize(path) {
+    let verdict = match normalize(path).map(Normalized::into_owned) {
         Err(error) => Verdict::Refused(error),
         Ok(normalized) if normalized.decoded == callback_path => Verdict::Own {
             normalized,

@@ -24,15 +24,31 @@
 //! plain, a reserved character is escaped exactly when the client escaped
 //! it, and anything not allowed in a path is escaped.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// A path as the rules see it and as the app will receive it.
+/// A path as the rules see it and as the app will receive it: the request's
+/// own text when it is already in normal form.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Normalized {
+pub struct Normalized<'a> {
     /// Decoded once, dot segments resolved, duplicate slashes collapsed.
-    pub decoded: String,
+    pub decoded: Cow<'a, str>,
     /// `decoded`, percent-encoded again for the request to the app.
-    pub encoded: String,
+    pub encoded: Cow<'a, str>,
+}
+
+impl Normalized<'_> {
+    /// Whether the app gets the path exactly as the client sent it.
+    pub fn is_unchanged(&self) -> bool {
+        matches!(self.encoded, Cow::Borrowed(_))
+    }
+
+    pub fn into_owned(self) -> Normalized<'static> {
+        Normalized {
+            decoded: Cow::Owned(self.decoded.into_owned()),
+            encoded: Cow::Owned(self.encoded.into_owned()),
+        }
+    }
 }
 
 /// Why a path was refused. Each reading is ambiguous between servers or
@@ -67,11 +83,11 @@ struct Unit {
 }
 
 /// Normalizes the path part of a request target (without the query).
-pub fn normalize(raw: &str) -> Result<Normalized, PathError> {
+pub fn normalize(raw: &str) -> Result<Normalized<'_>, PathError> {
     if is_plain(raw) {
         return Ok(Normalized {
-            decoded: raw.to_owned(),
-            encoded: raw.to_owned(),
+            decoded: Cow::Borrowed(raw),
+            encoded: Cow::Borrowed(raw),
         });
     }
     normalize_any(raw)
@@ -91,7 +107,7 @@ fn is_plain(raw: &str) -> bool {
         && !raw.contains("//")
 }
 
-fn normalize_any(raw: &str) -> Result<Normalized, PathError> {
+fn normalize_any(raw: &str) -> Result<Normalized<'static>, PathError> {
     if !raw.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
@@ -135,7 +151,10 @@ fn normalize_any(raw: &str) -> Result<Normalized, PathError> {
     }
     // Joining whole UTF-8 segments with `/` keeps the text valid UTF-8.
     let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
-    Ok(Normalized { decoded, encoded })
+    Ok(Normalized {
+        decoded: Cow::Owned(decoded),
+        encoded: Cow::Owned(encoded),
+    })
 }
 
 fn decode(raw: &[u8]) -> Result<Vec<Unit>, PathError> {
@@ -230,7 +249,17 @@ mod tests {
 
     fn ok(raw: &str) -> (String, String) {
         let n = normalize(raw).unwrap_or_else(|e| panic!("{raw}: {e}"));
-        (n.decoded, n.encoded)
+        (n.decoded.into_owned(), n.encoded.into_owned())
+    }
+
+    #[test]
+    fn only_a_path_in_normal_form_goes_to_the_app_as_sent() {
+        assert!(normalize("/api/bills/2024-x_y~z").unwrap().is_unchanged());
+        for raw in ["/a//b", "/a/./b", "/a/b/..", "/%61", "/a%2Db"] {
+            let n = normalize(raw).unwrap();
+            assert!(!n.is_unchanged(), "{raw}");
+            assert_ne!(n.encoded, raw, "{raw}");
+        }
     }
 
     #[test]
