@@ -468,7 +468,20 @@ mod tests {
         let (s, _) = session(0, true, None);
         let d = demoted(&s);
         assert_eq!(d.identity.role, Role::User);
-        assert_eq!(d.headers().role, "user");
+        assert_eq!(Arc::new(d).headers().role, "user");
+    }
+
+    #[test]
+    fn header_values_made_for_a_session_never_reach_its_replacement() {
+        let (s, _) = session(0, true, None);
+        let admin = Arc::new(s);
+        assert_eq!(admin.headers().role, "admin");
+        // The same session again, now from the values made before.
+        assert_eq!(admin.headers().role, "admin");
+        let user = Arc::new(demoted(&admin));
+        assert_eq!(user.headers().role, "user");
+        assert_eq!(admin.headers().role, "admin");
+        assert_eq!(user.headers().role, "user");
     }
 
     #[test]

@@ -19,6 +19,7 @@
 //! return [`Error::Unavailable`] and the request gets a 503, never the
 //! benefit of the doubt.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -534,10 +535,31 @@ impl std::fmt::Debug for Tokens {
 // === impl Session ===
 
 impl Session {
-    /// The identity as header values. Built per request rather than kept:
-    /// it is cheap, and it keeps every stored session smaller.
-    pub fn headers(&self) -> IdentityValues {
-        IdentityValues::new(&self.identity)
+    /// The identity as header values, made once per session this thread
+    /// used lately rather than for every request (percent-encoding, and an
+    /// allocation per value that each request's copy would share).
+    ///
+    /// A session is never changed once shared (a refresh stores a new
+    /// one), so values made for the very same `Arc` are still its own.
+    pub fn headers(self: &Arc<Self>) -> IdentityValues {
+        const SLOTS: usize = 64;
+        type Made = (Arc<Session>, IdentityValues);
+        thread_local! {
+            static MADE: RefCell<[Option<Made>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+        }
+        // Allocations are at least 16-byte aligned: the bits above pick
+        // the slot.
+        let slot = (Arc::as_ptr(self).addr() >> 4) % SLOTS;
+        MADE.with_borrow_mut(|made| {
+            if let Some((session, values)) = &made[slot]
+                && Arc::ptr_eq(session, self)
+            {
+                return values.clone();
+            }
+            let values = IdentityValues::new(&self.identity);
+            made[slot] = Some((self.clone(), values.clone()));
+            values
+        })
     }
 }
 
