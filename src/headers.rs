@@ -391,6 +391,14 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// Where `name` is in `HOP_BY_HOP` followed by `Keep-Alive` and
 /// `Proxy-Connection`.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    // Each of them starts with one of these letters; most names a message
+    // carries do not, and are passed over after one comparison.
+    if !matches!(
+        name.as_str().as_bytes().first(),
+        Some(b'c' | b'k' | b'p' | b't' | b'u')
+    ) {
+        return None;
+    }
     HOP_BY_HOP
         .iter()
         .chain([&KEEP_ALIVE, &PROXY_CONNECTION])
