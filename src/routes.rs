@@ -136,7 +136,7 @@ async fn route(
         );
     }
     if path == backchannel::PATH {
-        return (backchannel::handle(app, req).await, None);
+        return (Box::pin(backchannel::handle(app, req)).await, None);
     }
     if let Some(endpoint) = path.strip_prefix(OWN_PREFIX) {
         let endpoint = endpoint.to_owned();

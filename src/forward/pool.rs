@@ -110,7 +110,10 @@ where
                 },
             }
         }
-        let mut sender = self.connect().await?;
+        // Boxed: opening a connection is rare, and its future (which
+        // holds a TLS client's state) would otherwise make every request's
+        // future larger, and every request copies its future around.
+        let mut sender = Box::pin(self.connect()).await?;
         match sender.send_request(req).await {
             Ok(res) => Ok(self.track(res, sender)),
             Err(e) => Err(self.request_error(&e)),
