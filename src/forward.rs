@@ -10,7 +10,7 @@
 //! HTTPS (trusting the web roots and `upstream_ca_file`). The request id is
 //! set here, after every other header rewrite, so nothing can strip it.
 
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -146,14 +146,15 @@ impl Upstream {
         };
         let req = req.map(|body| Sent { inner: body, done });
         let started = std::time::Instant::now();
-        let response = self.pool.send(req);
+        // Pinned in place, not copied into `select!` (see `routes::handle`).
+        let response = pin!(self.pool.send(req));
         // The app cannot be expected to answer before it has the request.
-        let deadline = async {
+        let deadline = pin!(async {
             if let Some(body_sent) = body_sent {
                 let _ = body_sent.await;
             }
             tokio::time::sleep(self.timeout).await;
-        };
+        });
         let sent = tokio::select! {
             res = response => Some(res),
             () = deadline => None,

@@ -520,7 +520,11 @@ fn service(
         // An upgraded connection outlives its request; it keeps this so
         // the drain waits for it too.
         let drain = DrainGuard(alive.clone());
-        async move { Ok::<_, Infallible>(routes::handle(app, req, peer, drain).await) }
+        async move {
+            // Pinned in place rather than copied (see `routes::handle`).
+            let handled = std::pin::pin!(routes::handle(app, req, peer, drain));
+            Ok::<_, Infallible>(handled.await)
+        }
     })
 }
 
