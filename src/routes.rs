@@ -91,16 +91,15 @@ pub async fn handle(
     metrics::request(kind, res.status());
     res.headers_mut().insert(request_id::HEADER, id.0.clone());
 
-    tracing::info!(
-        target: "billguard::access",
-        request_id = %id,
-        %method,
+    telemetry::access(&telemetry::Served {
+        request_id: id.as_str(),
+        method: method.as_str(),
         path,
-        status = res.status().as_u16(),
-        latency_us = started.elapsed().as_micros() as u64,
-        user = caller.as_ref().map(|c| c.identity().user.as_str()).unwrap_or("-"),
-        client = %peer.ip_text(),
-    );
+        status: res.status().as_u16(),
+        latency_us: started.elapsed().as_micros() as u64,
+        user: caller.as_ref().map_or("-", |c| c.identity().user.as_str()),
+        client: peer.ip_text(),
+    });
     res
 }
 

@@ -79,31 +79,110 @@ where
         if !direct {
             return self.general.format_event(ctx, writer, event);
         }
-        let now = SystemTime::now();
-        match self.style {
-            Style::Text => {
-                timestamp(&mut writer, now)?;
-                writer.write_str("  INFO ")?;
-                writer.write_str(ACCESS_TARGET)?;
-                writer.write_str(": ")?;
-            }
-            Style::Json => {
-                writer.write_str("{\"timestamp\":\"")?;
-                timestamp(&mut writer, now)?;
-                writer.write_str("\",\"level\":\"INFO\"")?;
-            }
-        }
+        head(&mut writer, self.style, SystemTime::now())?;
         let mut fields = Fields::new(&mut writer, self.style);
         event.record(&mut fields);
         fields.result?;
-        match self.style {
-            Style::Text => writer.write_char('\n'),
+        tail(&mut writer, self.style)
+    }
+}
+
+/// What starts a plain access-log line: time, level and target.
+fn head(writer: &mut Writer<'_>, style: Style, now: SystemTime) -> fmt::Result {
+    match style {
+        Style::Text => {
+            timestamp(writer, now)?;
+            writer.write_str("  INFO ")?;
+            writer.write_str(ACCESS_TARGET)?;
+            writer.write_str(": ")
+        }
+        Style::Json => {
+            writer.write_str("{\"timestamp\":\"")?;
+            timestamp(writer, now)?;
+            writer.write_str("\",\"level\":\"INFO\"")
+        }
+    }
+}
+
+fn tail(writer: &mut Writer<'_>, style: Style) -> fmt::Result {
+    match style {
+        Style::Text => writer.write_char('\n'),
+        Style::Json => {
+            writer.write_str(",\"target\":\"")?;
+            writer.write_str(ACCESS_TARGET)?;
+            writer.write_str("\"}\n")
+        }
+    }
+}
+
+/// One served request, as its access-log line tells it.
+#[derive(Clone, Copy, Debug)]
+pub struct Served<'a> {
+    pub request_id: &'a str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub latency_us: u64,
+    pub user: &'a str,
+    pub client: &'a str,
+}
+
+impl Served<'_> {
+    /// The line as the formatter writes the event `super::access` logs
+    /// without it, byte for byte, appended to `out` without going through
+    /// an event, and each field's name and separators in one piece.
+    pub(super) fn write(&self, out: &mut Vec<u8>, style: Style, now: SystemTime) -> fmt::Result {
+        let mut digits = itoa::Buffer::new();
+        match style {
+            Style::Text => {
+                timestamp(&mut Appended(out), now)?;
+                out.extend_from_slice(b"  INFO billguard::access: request_id=");
+                out.extend_from_slice(self.request_id.as_bytes());
+                out.extend_from_slice(b" method=");
+                out.extend_from_slice(self.method.as_bytes());
+                out.extend_from_slice(b" path=");
+                quoted(&mut Appended(out), self.path)?;
+                out.extend_from_slice(b" status=");
+                out.extend_from_slice(digits.format(self.status).as_bytes());
+                out.extend_from_slice(b" latency_us=");
+                out.extend_from_slice(digits.format(self.latency_us).as_bytes());
+                out.extend_from_slice(b" user=");
+                quoted(&mut Appended(out), self.user)?;
+                out.extend_from_slice(b" client=");
+                out.extend_from_slice(self.client.as_bytes());
+                out.push(b'\n');
+            }
             Style::Json => {
-                writer.write_str(",\"target\":\"")?;
-                writer.write_str(ACCESS_TARGET)?;
-                writer.write_str("\"}\n")
+                out.extend_from_slice(b"{\"timestamp\":\"");
+                timestamp(&mut Appended(out), now)?;
+                out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
+                json_string(&mut Appended(out), self.request_id)?;
+                out.extend_from_slice(b",\"method\":");
+                json_string(&mut Appended(out), self.method)?;
+                out.extend_from_slice(b",\"path\":");
+                json_string(&mut Appended(out), self.path)?;
+                out.extend_from_slice(b",\"status\":");
+                out.extend_from_slice(digits.format(self.status).as_bytes());
+                out.extend_from_slice(b",\"latency_us\":");
+                out.extend_from_slice(digits.format(self.latency_us).as_bytes());
+                out.extend_from_slice(b",\"user\":");
+                json_string(&mut Appended(out), self.user)?;
+                out.extend_from_slice(b",\"client\":");
+                json_string(&mut Appended(out), self.client)?;
+                out.extend_from_slice(b",\"target\":\"billguard::access\"}\n");
             }
         }
+        Ok(())
+    }
+}
+
+/// Text appended to a byte buffer.
+struct Appended<'a>(&'a mut Vec<u8>);
+
+impl fmt::Write for Appended<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
     }
 }
 
@@ -159,8 +238,8 @@ fn json_span(writer: &mut Writer<'_>, id: &str) -> fmt::Result {
 }
 
 /// How a line's fields are written.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Style {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Style {
     /// `name=value` pairs as the text formatter writes them: strings
     /// quoted and escaped as `Debug` does, anything else through its
     /// `Debug` (which for a `%` field is its `Display`).
@@ -189,8 +268,7 @@ impl<'a, 'w> Fields<'a, 'w> {
         }
     }
 
-    fn name(&mut self, field: &Field) -> fmt::Result {
-        let name = field.name();
+    fn name(&mut self, name: &str) -> fmt::Result {
         let name = name.strip_prefix("r#").unwrap_or(name);
         match self.style {
             Style::Text => {
@@ -208,38 +286,42 @@ impl<'a, 'w> Fields<'a, 'w> {
         }
     }
 
-    fn put(&mut self, field: &Field, value: impl FnOnce(&mut Writer<'_>, Style) -> fmt::Result) {
+    fn put(&mut self, name: &str, value: impl FnOnce(&mut Writer<'_>, Style) -> fmt::Result) {
         if self.result.is_ok() {
             let style = self.style;
-            self.result = self.name(field).and_then(|()| value(self.writer, style));
+            self.result = self.name(name).and_then(|()| value(self.writer, style));
         }
     }
 }
 
 impl Visit for Fields<'_, '_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w, style| match style {
+        self.put(field.name(), |w, style| match style {
             Style::Text => quoted(w, value),
             Style::Json => json_string(w, value),
         });
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, |w, _| w.write_str(itoa::Buffer::new().format(value)));
+        self.put(field.name(), |w, _| {
+            w.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, |w, _| w.write_str(itoa::Buffer::new().format(value)));
+        self.put(field.name(), |w, _| {
+            w.write_str(itoa::Buffer::new().format(value))
+        });
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, |w, _| {
+        self.put(field.name(), |w, _| {
             w.write_str(if value { "true" } else { "false" })
         });
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, |w, style| match style {
+        self.put(field.name(), |w, style| match style {
             Style::Text => write!(w, "{value:?}"),
             Style::Json => {
                 let mut text = String::new();
@@ -251,7 +333,7 @@ impl Visit for Fields<'_, '_> {
 }
 
 /// `value` as serde_json writes a string.
-fn json_string(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+fn json_string(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
     if !plain(value) {
         let escaped = serde_json::to_string(value).map_err(|_| fmt::Error)?;
         return w.write_str(&escaped);
@@ -271,7 +353,7 @@ fn plain(value: &str) -> bool {
 
 /// `value` as `{:?}` writes it, without the per-character escaping when
 /// there is nothing to escape.
-fn quoted(w: &mut Writer<'_>, value: &str) -> fmt::Result {
+fn quoted(w: &mut impl fmt::Write, value: &str) -> fmt::Result {
     if !plain(value) {
         return write!(w, "{value:?}");
     }
@@ -287,7 +369,7 @@ thread_local! {
 }
 
 /// `2026-12-04T02:29:27.559038Z`, as the general formatters write it.
-fn timestamp(w: &mut Writer<'_>, now: SystemTime) -> fmt::Result {
+fn timestamp(w: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     SECOND.with_borrow_mut(|(second, text)| {
@@ -421,6 +503,67 @@ mod tests {
         assert_eq!(line["status"], 200);
         assert_eq!(line["method"], "GET");
         assert_eq!(line["target"], "billguard::access");
+    }
+
+    /// A served request with text that needs escaping both ways.
+    const SERVED: Served<'static> = Served {
+        request_id: "4bf92f3577b34da6aa55",
+        method: "PATCH",
+        path: "/caf\u{e9}/\"x\"\\y\n\u{1b}[31m",
+        status: 502,
+        latency_us: 98_765,
+        user: "ada \"the\" admin\\",
+        client: "2001:db8::1",
+    };
+
+    /// `served` logged as an event, as `super::access` does without a
+    /// direct writer.
+    fn served_event(served: &Served<'_>) {
+        tracing::info!(
+            target: "billguard::access",
+            request_id = %served.request_id,
+            method = %served.method,
+            path = served.path,
+            status = served.status,
+            latency_us = served.latency_us,
+            user = served.user,
+            client = %served.client,
+        );
+    }
+
+    fn written(served: &Served<'_>, style: Style) -> String {
+        let mut line = Vec::new();
+        served.write(&mut line, style, SystemTime::now()).unwrap();
+        String::from_utf8(line).unwrap()
+    }
+
+    #[test]
+    fn a_served_request_written_directly_reads_as_its_event() {
+        for served in [
+            SERVED,
+            Served {
+                user: "-",
+                path: "/",
+                ..SERVED
+            },
+        ] {
+            let event = through(text_ours, || served_event(&served));
+            assert_eq!(untimed(&written(&served, Style::Text)), untimed(&event));
+            let general = through(text_general, || served_event(&served));
+            assert_eq!(untimed(&event), untimed(&general));
+
+            let event = through(json_ours, || served_event(&served));
+            assert_eq!(
+                untimed_json(&written(&served, Style::Json)),
+                untimed_json(&event)
+            );
+            let general = through(json_general, || served_event(&served));
+            assert_eq!(untimed_json(&event), untimed_json(&general));
+        }
+        let line: serde_json::Value = serde_json::from_str(&written(&SERVED, Style::Json)).unwrap();
+        assert_eq!(line["path"], SERVED.path);
+        assert_eq!(line["user"], SERVED.user);
+        assert_eq!(line["status"], 502);
     }
 
     #[test]

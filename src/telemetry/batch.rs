@@ -13,6 +13,7 @@
 //! workers (the main thread, blocking tasks) write every line at once.
 
 use std::cell::RefCell;
+use std::fmt;
 use std::io::{self, Write};
 
 use tracing::{Level, Metadata};
@@ -92,6 +93,28 @@ pub fn flush_thread() {
     PENDING.with_borrow_mut(|pending| {
         if let Some(lines) = pending {
             let _ = lines.flush(|| io::stderr().lock());
+        }
+    });
+}
+
+/// Adds the access-log line `write` writes to this thread's batch (at once
+/// on a thread that is not a runtime worker). A line that fails halfway
+/// is left out whole.
+pub(super) fn write_access(write: impl FnOnce(&mut Vec<u8>) -> fmt::Result) {
+    PENDING.with_borrow_mut(|pending| match pending {
+        Some(lines) => {
+            let start = lines.buf.len();
+            if write(&mut lines.buf).is_err() {
+                lines.buf.truncate(start);
+            } else if lines.buf.len() >= FLUSH_AT {
+                let _ = lines.flush(|| io::stderr().lock());
+            }
+        }
+        None => {
+            let mut line = Vec::new();
+            if write(&mut line).is_ok() {
+                let _ = io::stderr().write_all(&line);
+            }
         }
     });
 }
