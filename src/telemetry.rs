@@ -67,16 +67,7 @@ pub fn access(served: &Served<'_>) {
             batch::write_access(|out| served.write(out, *style, SystemTime::now()));
         }
         Some(Direct::Off) => {}
-        None => tracing::info!(
-            target: ACCESS_TARGET,
-            request_id = %served.request_id,
-            method = %served.method,
-            path = served.path,
-            status = served.status,
-            latency_us = served.latency_us,
-            user = served.user,
-            client = %served.client,
-        ),
+        None => served.log_event(),
     }
 }
 

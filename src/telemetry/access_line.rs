@@ -128,8 +128,22 @@ pub struct Served<'a> {
 }
 
 impl Served<'_> {
-    /// The line as the formatter writes the event `super::access` logs
-    /// without it, byte for byte, appended to `out` without going through
+    /// The line as an event, for the general formatters.
+    pub(super) fn log_event(&self) {
+        tracing::info!(
+            target: ACCESS_TARGET,
+            request_id = %self.request_id,
+            method = %self.method,
+            path = self.path,
+            status = self.status,
+            latency_us = self.latency_us,
+            user = self.user,
+            client = %self.client,
+        );
+    }
+
+    /// The line as the formatter writes [`Served::log_event`]'s event,
+    /// byte for byte, appended to `out` without going through
     /// an event, and each field's name and separators in one piece.
     pub(super) fn write(&self, out: &mut Vec<u8>, style: Style, now: SystemTime) -> fmt::Result {
         let mut digits = itoa::Buffer::new();
@@ -516,21 +530,6 @@ mod tests {
         client: "2001:db8::1",
     };
 
-    /// `served` logged as an event, as `super::access` does without a
-    /// direct writer.
-    fn served_event(served: &Served<'_>) {
-        tracing::info!(
-            target: "billguard::access",
-            request_id = %served.request_id,
-            method = %served.method,
-            path = served.path,
-            status = served.status,
-            latency_us = served.latency_us,
-            user = served.user,
-            client = %served.client,
-        );
-    }
-
     fn written(served: &Served<'_>, style: Style) -> String {
         let mut line = Vec::new();
         served.write(&mut line, style, SystemTime::now()).unwrap();
@@ -547,17 +546,17 @@ mod tests {
                 ..SERVED
             },
         ] {
-            let event = through(text_ours, || served_event(&served));
+            let event = through(text_ours, || served.log_event());
             assert_eq!(untimed(&written(&served, Style::Text)), untimed(&event));
-            let general = through(text_general, || served_event(&served));
+            let general = through(text_general, || served.log_event());
             assert_eq!(untimed(&event), untimed(&general));
 
-            let event = through(json_ours, || served_event(&served));
+            let event = through(json_ours, || served.log_event());
             assert_eq!(
                 untimed_json(&written(&served, Style::Json)),
                 untimed_json(&event)
             );
-            let general = through(json_general, || served_event(&served));
+            let general = through(json_general, || served.log_event());
             assert_eq!(untimed_json(&event), untimed_json(&general));
         }
         let line: serde_json::Value = serde_json::from_str(&written(&SERVED, Style::Json)).unwrap();
