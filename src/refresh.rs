@@ -482,6 +482,29 @@ mod tests {
         assert_eq!(user.headers().role, "user");
         assert_eq!(admin.headers().role, "admin");
         assert_eq!(user.headers().role, "user");
+
+        // More live sessions than a thread keeps values for, admins and
+        // users in turn: sessions that share a place must not share values.
+        let many: Vec<Arc<Session>> = (0..300)
+            .map(|i| {
+                if i % 2 == 0 {
+                    admin.clone()
+                } else {
+                    Arc::new(demoted(&admin))
+                }
+            })
+            .map(|s| Arc::new((*s).clone()))
+            .collect();
+        for _ in 0..2 {
+            for s in &many {
+                let role = if s.identity.role == Role::Admin {
+                    "admin"
+                } else {
+                    "user"
+                };
+                assert_eq!(s.headers().role, role);
+            }
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn handle(
     // request over the whole path).
     let served = pin!(telemetry::in_request(
         &id,
-        route(&app, req, peer, &id, drain)
+        route(&app, req, path, peer, &id, drain)
     ));
     let (mut res, caller) = served.await;
     metrics::request(kind, res.status());
@@ -110,18 +110,18 @@ enum Caller {
     Bearer(Arc<bearer::Caller>, String),
 }
 
+/// `path` is the request's path as sent, borrowed from the caller so that
+/// it outlives the request, which moves on.
 async fn route(
     app: &App,
     req: Request<Incoming>,
+    path: &str,
     peer: Peer,
     id: &RequestId,
     drain: forward::DrainGuard,
 ) -> (Response<Body>, Option<Caller>) {
     let navigation = is_navigation(&req);
-    // A handle on the request's bytes, so the path can be borrowed while
-    // the request moves on.
-    let uri = req.uri().clone();
-    let normalized = match policy::normalize(uri.path()) {
+    let normalized = match policy::normalize(path) {
         Ok(normalized) => normalized,
         Err(error) => {
             tracing::debug!(%error, "Request path refused");

@@ -41,10 +41,7 @@ async fn send(http: &reqwest::Client, request: HttpRequest) -> Answer {
     let again = copy(&request);
     match http.call(request).await {
         Err(HttpClientError::Reqwest(error)) if broke_unanswered(&error) => {
-            tracing::debug!(
-                error = %chain(&*error),
-                "Provider connection broke before an answer; sending the request again"
-            );
+            sending_again(&error);
             http.call(again).await
         }
         result => result,
@@ -59,14 +56,18 @@ pub(super) async fn send_built(
     let again = request.try_clone();
     match (request.send().await, again) {
         (Err(error), Some(again)) if broke_unanswered(&error) => {
-            tracing::debug!(
-                error = %chain(&error),
-                "Provider connection broke before an answer; sending the request again"
-            );
+            sending_again(&error);
             again.send().await
         }
         (result, _) => result,
     }
+}
+
+fn sending_again(error: &reqwest::Error) {
+    tracing::debug!(
+        error = %chain(error),
+        "Provider connection broke before an answer; sending the request again"
+    );
 }
 
 fn copy(request: &HttpRequest) -> HttpRequest {
