@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cookie::{Cookie, SameSite};
 use hmac::{Hmac, Mac};
-use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::header::{HeaderMap, HeaderValue};
 use sha2::Sha256;
 
 use crate::config::Secret;
@@ -64,16 +64,9 @@ impl Csrf {
 
     /// The browser's sign-in binding, if it sent a well-formed one.
     pub fn cookie(&self, headers: &HeaderMap) -> Option<String> {
-        let name = self.cookie_name();
-        headers
-            .get_all(header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| *n == name)
-            .map(|(_, v)| v.to_owned())
+        crate::headers::cookie(headers, self.cookie_name())
             .filter(|v| v.len() == 43 && URL_SAFE_NO_PAD.decode(v).is_ok())
+            .map(str::to_owned)
     }
 
     /// A fresh sign-in binding and the `Set-Cookie` that stores it.
@@ -112,6 +105,7 @@ impl Csrf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header;
 
     fn csrf(secret: &str) -> Csrf {
         Csrf::new(&Secret::new(secret.repeat(32)), true)

@@ -453,6 +453,23 @@ fn remove_own_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// The value of the first cookie named `name` in the request's `Cookie`
+/// headers. Bytes are compared as they are: this runs for every request,
+/// and only the value found needs to be text.
+pub fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    let name = name.as_bytes();
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name).then_some(&pair[eq + 1..])
+        })
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
 /// The non-empty `name=value` pairs of a `Cookie` header, as (name, pair).
 fn cookie_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
     value
@@ -468,6 +485,35 @@ fn cookie_pairs(value: &str) -> impl Iterator<Item = (&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cookie_is_found_by_its_exact_name_in_any_cookie_header() {
+        let mut h = HeaderMap::new();
+        let found = |h: &HeaderMap, name| cookie(h, name).map(str::to_owned);
+        assert_eq!(found(&h, "s"), None);
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("xs=1; s_x=2;;  a=b=c "),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("s=first;s=second"));
+        assert_eq!(found(&h, "s").as_deref(), Some("first"));
+        assert_eq!(
+            found(&h, "a").as_deref(),
+            Some("b=c"),
+            "a value may hold '='"
+        );
+        assert_eq!(found(&h, "s_x").as_deref(), Some("2"));
+        assert_eq!(found(&h, "x"), None, "no name matches by prefix or suffix");
+        assert_eq!(found(&h, "b"), None, "a value is not a name");
+
+        // A byte that is not text elsewhere in the header hides nothing;
+        // a value that is not text is not returned.
+        let mut h = HeaderMap::new();
+        let odd = HeaderValue::from_bytes(b"t=\xff\xfe; s=ok").unwrap();
+        h.insert(header::COOKIE, odd);
+        assert_eq!(found(&h, "s").as_deref(), Some("ok"));
+        assert_eq!(found(&h, "t"), None);
+    }
 
     fn rewriter(trusted: &[&str]) -> Rewriter {
         Rewriter::new(config::Headers {

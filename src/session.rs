@@ -494,15 +494,7 @@ impl Store {
     }
 
     fn cookie_id(&self, headers: &HeaderMap) -> Option<SessionId> {
-        let name = self.cookie_name();
-        headers
-            .get_all(hyper::header::COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| SessionId::parse(v))
+        crate::headers::cookie(headers, self.cookie_name()).and_then(SessionId::parse)
     }
 }
 
