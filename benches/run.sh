@@ -10,7 +10,8 @@
 #   benches/run.sh --help               # every option
 #
 # Installs what is missing (Debian packages, the provider's npm packages),
-# builds billguard in release mode, then hands over to benches/lib/bench.mjs.
+# builds billguard as the image does (deploy/pgo-build.sh), then hands over
+# to benches/lib/bench.mjs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,8 +34,9 @@ if [[ ! -d tests/interop/node_modules ]]; then
     (cd tests/interop && npm ci --no-audit --no-fund)
 fi
 
+# The build the container image ships: release, profile-guided.
 if [[ -z ${BENCH_NO_BUILD:-} ]]; then
-    cargo build --release --locked --bin billguard
+    bash deploy/pgo-build.sh
 fi
 
 exec node benches/lib/bench.mjs "$@"

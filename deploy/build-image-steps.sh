@@ -9,18 +9,22 @@
 # result: the binary starts, reads the example configuration, and links only
 # against libraries the runtime image (distroless cc, Debian 12) has.
 #
-# Usage: deploy/build-image-steps.sh --out DIR [--binary PATH]
+# Usage: deploy/build-image-steps.sh --out DIR [--pgo | --binary PATH]
 #   --out DIR      where the image's filesystem is laid out (DIR/usr/local/bin/...)
+#   --pgo          build with profile-guided optimisation (deploy/pgo-build.sh),
+#                  as the Dockerfile and CI do; without it, a plain release build
 #   --binary PATH  use this billguard binary instead of building one (tests
-#                  pass the one cargo test built; CI and the Dockerfile build)
+#                  pass the one cargo test built)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=""
 binary=""
+pgo=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
+        --pgo) pgo=1; shift ;;
         --binary) binary="$2"; shift 2 ;;
         *) echo "build-image-steps: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -31,7 +35,10 @@ if [ -z "$out" ]; then
 fi
 
 # 1. Build: release profile, dependencies exactly as in Cargo.lock.
-if [ -z "$binary" ]; then
+if [ -z "$binary" ] && [ -n "$pgo" ]; then
+    bash deploy/pgo-build.sh
+    binary=target/pgo/billguard
+elif [ -z "$binary" ]; then
     cargo build --release --locked --bin billguard
     binary=target/release/billguard
 fi

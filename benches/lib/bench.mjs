@@ -4,8 +4,9 @@
 // On loopback it starts: nginx as the app (a fixed small body and a 100 KiB
 // body), nginx as a plain reverse proxy, the test OpenID provider
 // (tests/interop/provider.mjs), Apache httpd + mod_auth_openidc and
-// billguard (release build, in-memory sessions). Sessions come from real
-// logins through each proxy (benches/lib/login.mjs). Then, for every
+// billguard (the profile-guided release build, in-memory sessions).
+// Sessions come from real logins through each proxy
+// (benches/lib/login.mjs). Then, for every
 // scenario, each target is loaded with wrk for a few seconds, the targets
 // taking turns in a rotating order, every measurement repeated; resident
 // memory of each target's process tree is sampled meanwhile. The table
@@ -36,7 +37,7 @@ const HELP = `usage: node benches/lib/bench.mjs [options]
   --login-parallel N   logins in flight at once (default 8)
   --scenarios LIST     comma-separated subset of: ${"c1,c50,c256,many,big"}
   --targets LIST       comma-separated subset of: direct,nginx,apache+openidc,billguard
-  --billguard PATH     binary (default target/release/billguard)
+  --billguard PATH     binary (default target/pgo/billguard, the image's build)
   --out DIR            run directory (default target/bench/<time>)`;
 
 const SCENARIOS = [
@@ -353,7 +354,7 @@ function parseArgs(argv) {
     loginParallel: 8,
     scenarios: SCENARIOS.map((s) => s.id),
     targets: [DIRECT, NGINX, APACHE, BILLGUARD],
-    billguard: path.join(root, "target/release/billguard"),
+    billguard: path.join(root, "target/pgo/billguard"),
   };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];

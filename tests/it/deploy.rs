@@ -233,7 +233,7 @@ fn the_shipped_configurations_load() {
 fn the_image_build_steps_lay_out_a_working_filesystem() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     for line in [
-        "RUN deploy/build-image-steps.sh --out /out",
+        "RUN deploy/build-image-steps.sh --pgo --out /out",
         "COPY --from=build /out/ /",
         "USER 65532:65532",
         r#"ENTRYPOINT ["/usr/local/bin/billguard", "serve"]"#,
@@ -242,7 +242,7 @@ fn the_image_build_steps_lay_out_a_working_filesystem() {
     }
 
     // The steps themselves, with the binary cargo test already built in
-    // place of the release build (CI runs the release build once).
+    // place of the release build (CI runs the profile-guided build once).
     let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new("bash")
         .arg(repo().join("deploy/build-image-steps.sh"))
