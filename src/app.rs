@@ -75,6 +75,24 @@ pub struct Live {
     current: Arc<ArcSwap<App>>,
 }
 
+/// An App as the requests of one connection hold it.
+///
+/// A request keeps the App it started on until it ends. Kept as an
+/// `Arc<App>`, every request on every serving thread would add to and take
+/// from that one count, and its cache line would move between the cores
+/// on each; a `Held` is counted per connection, and made anew when a
+/// reload puts another App in force.
+#[derive(Clone)]
+pub struct Held(Arc<Arc<App>>);
+
+impl std::ops::Deref for Held {
+    type Target = App;
+
+    fn deref(&self) -> &App {
+        &self.0
+    }
+}
+
 /// What configuration reloads have done so far, for the admin panel (and
 /// for tests to wait on).
 #[derive(Clone, Debug, Default)]
@@ -207,6 +225,21 @@ impl Live {
     /// The App in force now.
     pub fn load(&self) -> Arc<App> {
         self.current.load_full()
+    }
+
+    /// The App in force now, for a connection to hold (see [`Held`]).
+    pub fn held(&self) -> Held {
+        Held(Arc::new(self.load()))
+    }
+
+    /// The App in force now, for one request of the connection that holds
+    /// `held`; `held` follows a reload first.
+    pub fn hold(&self, held: &mut Held) -> Held {
+        let now = self.current.load();
+        if !Arc::ptr_eq(&now, &held.0) {
+            *held = Held(Arc::new(arc_swap::Guard::into_inner(now)));
+        }
+        held.clone()
     }
 
     /// Builds an App for a new configuration and puts it in force. On error

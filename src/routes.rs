@@ -42,7 +42,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 
 use crate::admin;
-use crate::app::App;
+use crate::app::{App, Held};
 use crate::backchannel;
 use crate::bearer::{self, Credential};
 use crate::forward;
@@ -62,7 +62,7 @@ const OWN_PREFIX: &str = "/_billguard/";
 
 /// Serves one request and writes its access-log line.
 pub async fn handle(
-    app: Arc<App>,
+    app: Held,
     req: Request<Incoming>,
     peer: Peer,
     drain: forward::DrainGuard,

@@ -156,9 +156,7 @@ impl Running {
 /// configuration from `inputs` on SIGHUP and when its files change.
 pub async fn serve(loaded: Loaded, inputs: Inputs) -> Result<(), Error> {
     let addr = loaded.config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })?;
+    let listener = listen(addr).map_err(|source| Error::Bind { addr, source })?;
     let shutdown = loaded.config.shutdown.clone();
     let https = loaded.config.tls.is_some();
     let mut running = start_reloading(loaded, inputs, listener)?;
@@ -342,6 +340,11 @@ async fn accept_loop(
     // when all are dropped, the receiver sees the channel close and the
     // drain is complete.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    // The connections of this thread watch a stop signal of its own: each
+    // wake-up of a connection polls it, which takes the signal's lock, and
+    // one signal for all threads would move that lock between the cores
+    // on every request.
+    let (stop_here, stopped_here) = watch::channel(false);
 
     loop {
         let admitted = tokio::select! {
@@ -370,7 +373,7 @@ async fn accept_loop(
         };
 
         let serving = serving.clone();
-        let stop = stopped.clone();
+        let stop = stopped_here.clone();
         let alive = alive.clone();
         tokio::spawn(async move {
             let _held = (permit, counted);
@@ -379,6 +382,7 @@ async fn accept_loop(
         });
     }
 
+    stop_here.send_replace(true);
     drop(listener);
     let _ = closing.send(());
     drop(alive);
@@ -504,9 +508,10 @@ fn service(
     Error = Infallible,
     Future = impl Future<Output = Result<Response<crate::respond::Body>, Infallible>> + Send,
 > + Clone {
+    let held = std::cell::RefCell::new(live.held());
     service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the App in force when it arrives.
-        let app: Arc<App> = live.load();
+        let app = live.hold(&mut held.borrow_mut());
         // HTTP/2 carries the host in the :authority pseudo-header only;
         // the header rewrite and the app expect `Host`.
         if !req.headers().contains_key(header::HOST)
@@ -609,6 +614,27 @@ async fn metrics_response(app: &App, req: &Request<Incoming>) -> Response<Full<B
         header::HeaderValue::from_static(content_type),
     );
     res
+}
+
+/// How many connections the kernel may hold for billguard before it
+/// accepts them. The system default (128) overflows when a few hundred
+/// clients connect at once, such as a load balancer opening its pool or
+/// browsers coming back after a restart: each connection over it loses
+/// its SYN and waits a second for the retry. The kernel caps this at
+/// `net.core.somaxconn` (4096 on current Linux).
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// The public listener: `addr` bound with address reuse (a restart need
+/// not wait out old connections) and a backlog of [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 fn bind_std(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
