@@ -95,6 +95,11 @@ impl Memory {
                 return None;
             }
             entry.used = now;
+            // This thread's decoding of exactly these bytes, found without
+            // taking a count on them (which both cores would write).
+            if let Some(session) = Recent::of(id, &entry.stored) {
+                return Some(session);
+            }
             entry.stored.clone()
         };
         Recent::decoded(id, stored)
@@ -281,9 +286,21 @@ thread_local! {
 impl Recent {
     const SLOTS: usize = 64;
 
+    /// The session this thread decoded from `stored`, if it still has it.
+    fn of(id: &SessionId, stored: &Arc<[u8]>) -> Option<Arc<Session>> {
+        RECENT.with_borrow(|recent| match &recent.0[Self::slot(id)] {
+            Some((bytes, session)) if Arc::ptr_eq(bytes, stored) => Some(session.clone()),
+            _ => None,
+        })
+    }
+
+    fn slot(id: &SessionId) -> usize {
+        usize::from(id.0[0]) % Self::SLOTS
+    }
+
     /// `stored`, the table's entry for `id`, decoded.
     fn decoded(id: &SessionId, stored: Arc<[u8]>) -> Option<Arc<Session>> {
-        let slot = usize::from(id.0[0]) % Self::SLOTS;
+        let slot = Self::slot(id);
         RECENT.with_borrow_mut(|recent| {
             if let Some((bytes, session)) = &recent.0[slot]
                 && Arc::ptr_eq(bytes, &stored)
