@@ -83,6 +83,10 @@ pub struct Live {
 /// on each; a `Held` is counted per connection, and made anew when a
 /// reload puts another App in force.
 #[derive(Clone)]
+#[expect(
+    clippy::redundant_allocation,
+    reason = "the outer count, one per connection, is the point"
+)]
 pub struct Held(Arc<Arc<App>>);
 
 impl std::ops::Deref for Held {
