@@ -81,7 +81,8 @@ pub struct Live {
 /// `Arc<App>`, every request on every serving thread would add to and take
 /// from that one count, and its cache line would move between the cores
 /// on each; a `Held` is counted per connection, and made anew when a
-/// reload puts another App in force.
+/// reload puts another App in force. Between requests the connection
+/// keeps the App of its last one.
 #[derive(Clone)]
 #[expect(
     clippy::redundant_allocation,

@@ -453,7 +453,7 @@ async fn serve_http1<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service(serving.live.clone(), peer, alive.clone());
+    let service = service(serving.live.clone(), peer, alive.clone(), Keep::Connection);
     let conn = serving.http1.serve_connection(io, service).with_upgrades();
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -480,7 +480,7 @@ async fn serve_http2<I>(
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let service = service(serving.live.clone(), peer, alive.clone());
+    let service = service(serving.live.clone(), peer, alive.clone(), Keep::Request);
     let conn = serving.http2.serve_connection(io, service);
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
@@ -497,11 +497,26 @@ async fn serve_http2<I>(
     }
 }
 
+/// How long a connection's service keeps the App in force (see
+/// [`app::Held`](crate::app::Held)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Keep {
+    /// From one request to the next: an HTTP/1 connection, which closes
+    /// after `limits.header_read_timeout` without a request, so an App
+    /// that a reload replaced is let go of soon.
+    Connection,
+    /// For one request: an HTTP/2 connection may stay open and idle for
+    /// hours, and would keep a replaced App (and its provider's discovery)
+    /// alive all that time.
+    Request,
+}
+
 /// The per-connection service: hands each request to `routes`.
 fn service(
     live: Live,
     peer: Peer,
     alive: mpsc::Sender<()>,
+    keep: Keep,
 ) -> impl hyper::service::Service<
     Request<Incoming>,
     Response = Response<crate::respond::Body>,
@@ -511,7 +526,10 @@ fn service(
     let held = std::cell::RefCell::new(live.held());
     service_fn(move |mut req: Request<Incoming>| {
         // Each request runs on the App in force when it arrives.
-        let app = live.hold(&mut held.borrow_mut());
+        let app = match keep {
+            Keep::Connection => live.hold(&mut held.borrow_mut()),
+            Keep::Request => live.held(),
+        };
         // HTTP/2 carries the host in the :authority pseudo-header only;
         // the header rewrite and the app expect `Host`.
         if !req.headers().contains_key(header::HOST)
