@@ -499,7 +499,7 @@ async fn serve_http2<I>(
 
 /// How long a connection's service keeps the App in force (see
 /// [`app::Held`](crate::app::Held)).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Keep {
     /// From one request to the next: an HTTP/1 connection, which closes
     /// after `limits.header_read_timeout` without a request, so an App
